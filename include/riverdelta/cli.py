@@ -13,6 +13,99 @@ def _cmd_jars(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_up(args: argparse.Namespace) -> int:
+    import time
+
+    from riverdelta import airflow_stack, kafka_broker
+    from riverdelta.registry import load_registry
+
+    registry = load_registry()  # a contract that does not parse fails before anything starts
+    t0 = time.monotonic()
+    kafka_broker.start()
+    print(
+        f"up: Kafka broker answering on {kafka_broker.bootstrap()} ({time.monotonic() - t0:.1f}s)"
+    )
+    created = kafka_broker.create_topics({s.topic: s.partitions for s in registry.streams.values()})
+    for topic in created:
+        print(f"up: created topic {topic}")
+    if args.kafka_only:
+        return 0
+    t1 = time.monotonic()
+    first = not airflow_stack.passwords_file().with_name(".shown").exists()
+    airflow_stack.start()
+    print(f"up: Airflow healthy at {airflow_stack.api_url()} ({time.monotonic() - t1:.1f}s)")
+    pw_file = airflow_stack.passwords_file()
+    if first:
+        print(f"up: Airflow login: {airflow_stack.ADMIN_USER} / {airflow_stack.admin_password()}")
+        pw_file.with_name(".shown").touch()
+    print(f"up: the admin password is kept in {pw_file} (mode 0600)")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from riverdelta import airflow_stack, kafka_broker
+
+    for comp in airflow_stack.stop():
+        print(f"down: stopped airflow {comp}")
+    if kafka_broker.stop():
+        print("down: stopped the Kafka broker")
+    print("down: nothing else of ours is running")
+    return 0
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    import json
+
+    from riverdelta.generator import produce
+    from riverdelta.registry import load_registry
+    from riverdelta.settings import settings
+
+    spec = load_registry().get(args.stream)
+    summary = produce(
+        spec,
+        args.count,
+        bootstrap=settings().kafka_bootstrap,
+        rate=args.rate,
+        poison_rate=args.poison_rate,
+        duplicate_rate=args.duplicate_rate,
+        late_rate=args.late_rate,
+        seed=args.seed,
+        progress=not args.json and sys.stderr.isatty(),
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        kinds = ", ".join(f"{k}={v}" for k, v in sorted(summary["by_kind"].items()))
+        print(
+            f"produce: sent {summary['sent']} records to {summary['topic']} in "
+            f"{summary['seconds']:.1f}s ({summary['rate']:.0f}/s): {kinds}"
+        )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    from riverdelta.airflow_stack import airflow_env
+    from riverdelta.registry import load_registry
+    from riverdelta.submit import build_command, ingest_args, submit_env
+
+    spec = load_registry().get(args.stream)  # unknown stream: fail before spark-submit starts
+    os.environ.update(airflow_env())  # the Spark connection the DAGs use
+    cmd = build_command(
+        ingest_args(
+            spec.name,
+            args.mode,
+            starting=args.starting,
+            max_offsets_per_trigger=args.max_offsets_per_trigger,
+            checkpoint=args.checkpoint,
+        ),
+        name=f"riverdelta-{spec.name}-{args.mode}",
+    )
+    return subprocess.run(cmd, env=submit_env()).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="riverdelta", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -21,6 +114,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["fetch"])
     p.add_argument("--force", action="store_true", help="resolve again even if the cache verifies")
     p.set_defaults(func=_cmd_jars)
+
+    p = sub.add_parser("produce", help="produce generated events to a stream's topic")
+    p.add_argument("stream")
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument(
+        "--rate", type=float, default=None, help="events per second (default: as fast as possible)"
+    )
+    p.add_argument("--poison-rate", type=float, default=0.0)
+    p.add_argument("--duplicate-rate", type=float, default=0.0)
+    p.add_argument("--late-rate", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_produce)
+
+    p = sub.add_parser("run", help="run a stream's ingest app in the foreground via spark-submit")
+    p.add_argument("stream")
+    p.add_argument("--mode", choices=["live", "replay"], default="live")
+    p.add_argument(
+        "--from",
+        dest="starting",
+        default=None,
+        help="earliest | latest | ISO timestamp | offsets JSON",
+    )
+    p.add_argument("--max-offsets-per-trigger", type=int, default=None)
+    p.add_argument("--checkpoint", default=None)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("up", help="start the embedded Kafka broker and Airflow (idempotent)")
+    p.add_argument("--kafka-only", action="store_true", help="start only the broker and topics")
+    p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("down", help="stop everything `up` started, by pid")
+    p.set_defaults(func=_cmd_down)
     return parser
 
 

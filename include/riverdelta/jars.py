@@ -24,7 +24,8 @@ from pathlib import Path
 from riverdelta.settings import PROJECT_ROOT, settings
 
 SETS = ("kafka", "spark")
-_VERSIONED = re.compile(r"^(?P<artifact>.+?)-(?P<version>\d[^-]*(?:-[A-Za-z0-9.]+)*)\.jar$")
+# A version has at least one dot and no underscore: "spark-sql-kafka-0-10_2.13-4.1.1".
+_VERSIONED = re.compile(r"^(?P<artifact>.+?)-(?P<version>\d+(?:\.\d+)+(?:-[0-9A-Za-z.]+)?)\.jar$")
 
 
 class JarCacheError(RuntimeError):
@@ -74,7 +75,9 @@ def verify(name: str) -> list[Path]:
         raise JarCacheError(f"no cached {name} jars at {set_dir(name)}: run `make setup`")
     manifest = json.loads(mpath.read_text())
     if manifest.get("pom") != _pom_hash(name):
-        raise JarCacheError(f"jvm/{name}/pom.xml changed since the cache was made: run `make setup`")
+        raise JarCacheError(
+            f"jvm/{name}/pom.xml changed since the cache was made: run `make setup`"
+        )
     jars = []
     for jar, digest in manifest["jars"].items():
         path = set_dir(name) / jar

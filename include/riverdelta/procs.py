@@ -7,6 +7,7 @@ and never signalled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -113,19 +114,15 @@ def stop(name: str, *, timeout: float = 30.0, sig: int = signal.SIGTERM) -> bool
     info = running(name)
     if info is None:
         return False
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(info.pid, sig)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and alive(info):
         _reap(info.pid)
         time.sleep(0.2)
     if alive(info):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(info.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         while alive(info):
             _reap(info.pid)
             time.sleep(0.1)
@@ -135,10 +132,8 @@ def stop(name: str, *, timeout: float = 30.0, sig: int = signal.SIGTERM) -> bool
 
 def _reap(pid: int) -> None:
     # Our own child (started in this process) must be waited for, or it stays a zombie.
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:

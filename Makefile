@@ -1,0 +1,51 @@
+# Riverdelta: `make demo` runs the product, `make test` runs the tests.
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+RD    := $(VENV)/bin/riverdelta
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup lock lint format up down demo test test-unit test-integration test-e2e test-slow bench clean
+
+help: ## list every target
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: ## create .venv from requirements.lock and cache the JVM jars (idempotent, offline once cached)
+	@bash scripts/setup.sh
+
+lock: ## recompile requirements.lock from requirements.in (needs network)
+	$(VENV)/bin/uv pip compile -q requirements.in --python-version 3.11 -o requirements.lock
+
+lint: setup ## ruff lint + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup ## ruff format + autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+up: setup ## start the embedded Kafka broker (KRaft) and Airflow; create topics
+	@$(RD) up
+
+down: ## stop everything `make up` started (by pid, nothing else)
+	@if [ -x $(RD) ]; then $(RD) down; else echo "down: nothing installed, nothing running"; fi
+
+demo: setup ## the main job on the embedded stack (README's first command)
+	@$(RD) demo
+
+test: setup lint ## lint, unit and integration tests (README's second command; CI runs this)
+	@bash scripts/run_tests.sh -m "not slow and not e2e" $(PYTEST_ARGS)
+	@bash scripts/run_tests.sh -m "e2e" --allow-empty $(PYTEST_ARGS)
+
+test-unit: setup ## unit tests only
+	@bash scripts/run_tests.sh -m unit $(PYTEST_ARGS)
+
+test-integration: setup ## integration tests only (starts and stops its own broker)
+	@bash scripts/run_tests.sh -m integration $(PYTEST_ARGS)
+
+test-slow: setup ## the long crash-recovery tests
+	@bash scripts/run_tests.sh -m slow $(PYTEST_ARGS)
+
+clean: down ## remove runtime state (.riverdelta/ except the jar cache)
+	rm -rf .riverdelta/kafka .riverdelta/airflow .riverdelta/lake .riverdelta/logs .riverdelta/run

@@ -1,0 +1,36 @@
+"""Create every topic the stream registry declares, with its configured partitions.
+
+Manual or daily; idempotent (existing topics are left as they are). Useful on a
+distributed stack where `make up` does not create topics.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import dag, task
+
+
+@dag(
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["riverdelta", "platform"],
+    doc_md=__doc__,
+)
+def platform_topics():
+    @task
+    def create_topics() -> list[str]:
+        from riverdelta import kafka_broker
+        from riverdelta.registry import load_registry
+
+        registry = load_registry()
+        return kafka_broker.create_topics(
+            {s.topic: s.partitions for s in registry.streams.values()}
+        )
+
+    create_topics()
+
+
+platform_topics()

@@ -1,0 +1,184 @@
+"""Embedded Airflow 3: SQLite, LocalExecutor, one process per component.
+
+``airflow_env`` is the single source of Airflow's configuration (used by
+``make up``, the tests' ``dag.test()`` runs and the CLI). Connections are
+defined by environment (``AIRFLOW_CONN_*``); the admin password and the JWT
+secret are generated once and kept in 0600 files under the Airflow home.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from riverdelta import procs
+from riverdelta.settings import PROJECT_ROOT, settings
+
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+ADMIN_USER = "admin"
+
+
+class AirflowError(RuntimeError):
+    pass
+
+
+def _secret_file(name: str, make: str) -> tuple[Path, str]:
+    path = settings().airflow_home / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # Create with 0600 from the start: never world-readable, not even briefly.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(make)
+    return path, path.read_text()
+
+
+def passwords_file() -> Path:
+    path, _ = _secret_file(
+        "simple_auth_manager_passwords.json",
+        json.dumps({ADMIN_USER: secrets.token_urlsafe(12)}),
+    )
+    return path
+
+
+def admin_password() -> str:
+    return json.loads(passwords_file().read_text())[ADMIN_USER]
+
+
+def api_url() -> str:
+    return f"http://localhost:{settings().airflow_port}"
+
+
+def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    s = settings()
+    home = s.airflow_home
+    home.mkdir(parents=True, exist_ok=True)
+    _, jwt_secret = _secret_file("jwt_secret", secrets.token_urlsafe(32))
+    env = dict(os.environ if base is None else base)
+    venv_bin = str(Path(sys.executable).parent)
+    env.update(
+        {
+            "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', '')}",
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file()),
+            "AIRFLOW__API__PORT": str(s.airflow_port),
+            "AIRFLOW__API__BASE_URL": api_url(),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url()}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW_CONN_KAFKA_DEFAULT": json.dumps(
+                {"conn_type": "generic", "extra": {"bootstrap.servers": s.kafka_bootstrap}}
+            ),
+            "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(
+                {"conn_type": "spark", "host": s.spark_master, "extra": {"deploy-mode": "client"}}
+            ),
+            # The riverdelta settings travel with the components.
+            "RIVERDELTA_HOME": str(s.home),
+            "RIVERDELTA_CACHE": str(s.cache),
+            "RIVERDELTA_ENV": s.env,
+        }
+    )
+    return env
+
+
+def _airflow_bin() -> str:
+    path = Path(sys.executable).parent / "airflow"
+    found = str(path) if path.exists() else shutil.which("airflow")
+    if not found:
+        raise AirflowError("the `airflow` command is not installed: run `make setup`")
+    return found
+
+
+def migrate() -> None:
+    s = settings()
+    stamp = s.airflow_home / ".migrated"
+    if stamp.exists():
+        return
+    log = s.log_dir / "airflow-migrate.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        rc = subprocess.run(
+            [_airflow_bin(), "db", "migrate"],
+            env=airflow_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        ).returncode
+    if rc != 0:
+        raise AirflowError(f"`airflow db migrate` failed. Tail of {log}:\n{procs.tail(log)}")
+    stamp.touch()
+
+
+def health() -> dict | None:
+    try:
+        with urllib.request.urlopen(f"{api_url()}/api/v2/monitor/health", timeout=3) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _healthy(data: dict | None) -> bool:
+    if not data:
+        return False
+    wanted = ("metadatabase", "scheduler", "dag_processor", "triggerer")
+    return all(data.get(k, {}).get("status") == "healthy" for k in wanted)
+
+
+def start(*, wait_seconds: float = 180.0) -> None:
+    s = settings()
+    running = [c for c in COMPONENTS if procs.running(f"airflow-{c}")]
+    if len(running) == len(COMPONENTS) and _healthy(health()):
+        return
+    if not running and procs.port_in_use(s.airflow_port):
+        raise AirflowError(
+            f"port {s.airflow_port} is already taken by another process, so the Airflow API "
+            f"server cannot listen there. Stop it or set RIVERDELTA_AIRFLOW_PORT."
+        )
+    migrate()
+    env = airflow_env()
+    for comp in COMPONENTS:
+        name = f"airflow-{comp}"
+        if procs.running(name):
+            continue
+        cmd = [_airflow_bin(), comp]
+        if comp == "api-server":
+            cmd += ["--port", str(s.airflow_port)]
+        procs.start_detached(name, cmd, log=s.log_dir / f"{name}.log", env=env, cwd=s.airflow_home)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < wait_seconds:
+        dead = [c for c in COMPONENTS if not procs.running(f"airflow-{c}")]
+        if dead:
+            log = s.log_dir / f"airflow-{dead[0]}.log"
+            raise AirflowError(
+                f"Airflow {dead[0]} exited during start-up. Tail of {log}:\n{procs.tail(log)}"
+            )
+        if _healthy(health()):
+            return
+        time.sleep(2)
+    raise AirflowError(
+        f"Airflow did not become healthy within {wait_seconds:.0f}s (health: {health()}). "
+        f"Logs are in {s.log_dir}/airflow-*.log"
+    )
+
+
+def stop() -> list[str]:
+    stopped = []
+    for comp in reversed(COMPONENTS):
+        if procs.stop(f"airflow-{comp}", timeout=30):
+            stopped.append(comp)
+    return stopped

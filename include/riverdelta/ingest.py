@@ -1,0 +1,382 @@
+"""The streaming ingest: Kafka -> bronze / silver / quarantine / gold, exactly once.
+
+One ``foreachBatch`` per micro-batch writes every layer. Each write carries the
+Delta idempotency pair (``txnAppId`` = the checkpoint's id, ``txnVersion`` = the
+batch id), so a batch replayed after a crash is skipped table by table; the
+silver de-duplication and the counts ignore rows this very batch wrote in an
+earlier attempt, so a replayed batch computes the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from riverdelta import transforms as T
+from riverdelta.lake import TableSet, checkpoint_path, ops_path
+from riverdelta.registry import StreamSpec, parse_duration
+from riverdelta.settings import settings
+
+if TYPE_CHECKING:
+    from pyspark.sql.streaming import StreamingQuery
+
+log = logging.getLogger("riverdelta.ingest")
+
+BATCHES_TABLE = "ingest_batches"
+MARKER = "_riverdelta.json"
+
+
+class CheckpointMismatchError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class IngestJob:
+    spec: StreamSpec
+    mode: str  # live | replay
+    tables: TableSet
+    checkpoint: str
+    app_id: str
+    batches_path: str
+
+    @property
+    def watermark(self) -> timedelta:
+        return parse_duration(self.spec.watermark)
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+def claim_checkpoint(checkpoint: str, spec: StreamSpec, mode: str) -> str:
+    """Return the checkpoint's app id, creating its marker; refuse another stream's checkpoint.
+
+    The app id is new for every new checkpoint: batch ids restart at 0 with a new
+    checkpoint, and reusing an old txnAppId would make Delta skip them as done.
+    """
+    if "://" in checkpoint and not checkpoint.startswith("file:"):
+        # Object stores: the marker lives beside the tables' transaction logs instead.
+        return f"riverdelta-{spec.name}-{mode}-{uuid.uuid5(uuid.NAMESPACE_URL, checkpoint)}"
+    path = Path(checkpoint.removeprefix("file:"))
+    marker = path / MARKER
+    if marker.exists():
+        data = json.loads(marker.read_text())
+        if data.get("stream") != spec.name or data.get("topic") != spec.topic:
+            raise CheckpointMismatchError(
+                f"checkpoint {path} belongs to stream {data.get('stream')!r} (topic "
+                f"{data.get('topic')!r}), not to {spec.name!r} (topic {spec.topic!r}). "
+                "Point --checkpoint at this stream's own checkpoint."
+            )
+        return data["app_id"]
+    if path.exists() and any(path.iterdir()):
+        raise CheckpointMismatchError(
+            f"checkpoint {path} exists but was not made by Riverdelta (no {MARKER}); "
+            "refusing to guess which stream it belongs to."
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    app_id = f"riverdelta-{spec.name}-{mode}-{uuid.uuid4().hex[:12]}"
+    marker.write_text(
+        json.dumps({"stream": spec.name, "topic": spec.topic, "mode": mode, "app_id": app_id})
+    )
+    return app_id
+
+
+# --------------------------------------------------------------------------- writes
+
+
+def _table_exists(spark: SparkSession, path: str) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def write_idempotent(df: DataFrame, path: str, job: IngestJob, batch_id: int) -> None:
+    (
+        df.write.format("delta")
+        .mode("append")
+        .option("txnAppId", job.app_id)
+        .option("txnVersion", batch_id)
+        .option("mergeSchema", "true")
+        .save(path)
+    )
+
+
+def merge_idempotent(
+    spark: SparkSession,
+    updates: DataFrame,
+    path: str,
+    keys: list[str],
+    job: IngestJob,
+    batch_id: int,
+) -> None:
+    """Upsert ``updates`` on ``keys``, guarded by the txn session confs."""
+    from delta.tables import DeltaTable
+
+    if not _table_exists(spark, path):
+        write_idempotent(updates, path, job, batch_id)
+        return
+    spark.conf.set("spark.databricks.delta.write.txnAppId", job.app_id)
+    spark.conf.set("spark.databricks.delta.write.txnVersion", str(batch_id))
+    try:
+        cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+        (
+            DeltaTable.forPath(spark, path)
+            .alias("t")
+            .merge(updates.alias("s"), cond)
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+    finally:
+        spark.conf.unset("spark.databricks.delta.write.txnAppId")
+        spark.conf.unset("spark.databricks.delta.write.txnVersion")
+
+
+# --------------------------------------------------------------------------- the batch
+
+
+def to_bronze(raw: DataFrame, batch_id: int) -> DataFrame:
+    return raw.select(
+        "key",
+        "value",
+        "topic",
+        "partition",
+        "offset",
+        F.col("timestamp").alias("kafka_timestamp"),
+        F.lit(batch_id).cast("long").alias("batch_id"),
+        F.current_timestamp().alias("ingested_at"),
+    )
+
+
+def _previous_max_event_time(spark: SparkSession, job: IngestJob, batch_id: int):
+    if not _table_exists(spark, job.batches_path):
+        return None
+    row = (
+        spark.read.format("delta")
+        .load(job.batches_path)
+        .where((F.col("app_id") == job.app_id) & (F.col("batch_id") < batch_id))
+        .agg(F.max("max_event_time"))
+        .first()
+    )
+    return row[0] if row else None
+
+
+def new_silver_rows(
+    spark: SparkSession, deduped: DataFrame, job: IngestJob, batch_id: int
+) -> DataFrame:
+    """Rows of this batch whose id is not yet in silver within the watermark horizon."""
+    spec = job.spec
+    et, idc = spec.event_time_column, spec.id_column
+    tagged = deduped.withColumn("_app_id", F.lit(job.app_id)).withColumn(
+        "_batch_id", F.lit(batch_id).cast("long")
+    )
+    if not _table_exists(spark, job.tables["silver"]):
+        return tagged
+    lo, hi = deduped.agg(F.min(et), F.max(et)).first()
+    if lo is None:
+        return tagged
+    wm = job.watermark
+    existing = (
+        spark.read.format("delta")
+        .load(job.tables["silver"])
+        .where(F.col(et).between(lo - wm, hi + wm))
+        # Rows this batch wrote in an earlier, crashed attempt are not duplicates.
+        .where(~((F.col("_app_id") == job.app_id) & (F.col("_batch_id") == batch_id)))
+        .select(idc)
+    )
+    return tagged.join(existing, on=idc, how="left_anti")
+
+
+def refresh_gold(spark: SparkSession, new_rows: DataFrame, job: IngestJob, batch_id: int) -> None:
+    """Recompute, from silver, every gold window this batch touched, and upsert it.
+
+    Recomputing from silver keeps gold exact (distinct counts included) and makes
+    late records land in their window instead of being dropped.
+    """
+    spec = job.spec
+    et = spec.event_time_column
+    bounds = new_rows.agg(F.min(et), F.max(et)).first()
+    if bounds[0] is None:
+        return
+    silver = spark.read.format("delta").load(job.tables["silver"])
+    for gold in spec.gold:
+        size = parse_duration(gold.window)
+        lo = bounds[0] - size
+        hi = bounds[1] + size
+        window = silver.where(F.col(et).between(lo, hi))
+        agg = T.aggregate_gold(window, spec, gold)
+        touched = T.aggregate_gold(new_rows, spec, gold).select("window_start", *gold.group_by)
+        updates = agg.join(touched, on=["window_start", *gold.group_by], how="inner")
+        updates = updates.withColumn("updated_at", F.current_timestamp())
+        merge_idempotent(
+            spark,
+            updates,
+            job.tables[f"gold_{gold.name}"],
+            ["window_start", *gold.group_by],
+            job,
+            batch_id,
+        )
+
+
+def process_batch(job: IngestJob, raw_df: DataFrame, batch_id: int) -> dict:
+    spark = raw_df.sparkSession
+    spec = job.spec
+    raw = raw_df.persist()
+    try:
+        n_in = raw.count()
+        if n_in == 0:
+            return {"batch_id": batch_id, "records_in": 0}
+        write_idempotent(to_bronze(raw, batch_id), job.tables["bronze"], job, batch_id)
+
+        validated = T.validate(raw, spec).persist()
+        valid, invalid = T.split(validated)
+        quarantine = T.to_quarantine(invalid).withColumn("batch_id", F.lit(batch_id).cast("long"))
+        write_idempotent(quarantine, job.tables["quarantine"], job, batch_id)
+
+        silver_in = T.to_silver(valid, spec)
+        n_valid = silver_in.count()
+        new_rows = new_silver_rows(spark, T.dedupe_batch(silver_in, spec), job, batch_id).persist()
+        n_new = new_rows.count()
+        write_idempotent(new_rows, job.tables["silver"], job, batch_id)
+        refresh_gold(spark, new_rows, job, batch_id)
+
+        et = spec.event_time_column
+        # The event-time high-water mark includes this batch, so whether a record
+        # counts as late does not depend on how the topic was cut into batches.
+        prev_max = _previous_max_event_time(spark, job, batch_id)
+        batch_max = new_rows.agg(F.max(et)).first()[0]
+        hwm = max((t for t in (prev_max, batch_max) if t is not None), default=None)
+        stats = new_rows.agg(
+            F.sum(F.when(F.col("_extra").isNotNull(), 1).otherwise(0)).alias("drift"),
+            (
+                F.sum(F.when(F.col(et) < F.lit(hwm - job.watermark), 1).otherwise(0))
+                if hwm is not None
+                else F.lit(0)
+            ).alias("late"),
+        ).first()
+        reasons = {r["reason"]: r["count"] for r in quarantine.groupBy("reason").count().collect()}
+        offsets = {
+            str(r["partition"]): [r["lo"], r["hi"]]
+            for r in raw.groupBy("partition")
+            .agg(F.min("offset").alias("lo"), F.max("offset").alias("hi"))
+            .collect()
+        }
+        counts = {
+            "stream": spec.name,
+            "mode": job.mode,
+            "app_id": job.app_id,
+            "batch_id": batch_id,
+            "records_in": n_in,
+            "bronze": n_in,
+            "silver": n_new,
+            "duplicates": n_valid - n_new,
+            "quarantined": sum(reasons.values()),
+            "quarantine_by_reason": reasons,
+            "late": int(stats["late"] or 0),
+            "schema_drift": int(stats["drift"] or 0),
+            "max_event_time": hwm,
+            "offsets": json.dumps(offsets, sort_keys=True),
+        }
+        write_idempotent(batch_counts_df(spark, counts), job.batches_path, job, batch_id)
+        validated.unpersist()
+        new_rows.unpersist()
+        log.info("batch %s: %s", batch_id, counts)
+        return counts
+    finally:
+        raw.unpersist()
+
+
+def batch_counts_df(spark: SparkSession, counts: dict) -> DataFrame:
+    schema = (
+        "stream string, mode string, app_id string, batch_id long, records_in long, bronze long, "
+        "silver long, duplicates long, quarantined long, quarantine_by_reason map<string,long>, "
+        "late long, schema_drift long, max_event_time timestamp, offsets string"
+    )
+    cols = [c.split()[0] for c in schema.split(", ")]
+    return spark.createDataFrame([tuple(counts[c] for c in cols)], schema).withColumn(
+        "committed_at", F.current_timestamp()
+    )
+
+
+# --------------------------------------------------------------------------- the query
+
+
+def kafka_starting_options(starting: str | None) -> dict[str, str]:
+    """``earliest`` | ``latest`` | ISO timestamp | per-partition offsets JSON."""
+    if starting in (None, "", "earliest"):
+        return {"startingOffsets": "earliest"}
+    if starting == "latest":
+        return {"startingOffsets": "latest"}
+    if starting.lstrip().startswith("{"):
+        try:
+            json.loads(starting)
+        except ValueError as exc:
+            raise ValueError(f"--from is not valid offsets JSON: {exc}") from exc
+        return {"startingOffsets": starting}
+    from datetime import datetime
+
+    try:
+        ts = datetime.fromisoformat(starting.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(
+            f"--from {starting!r}: expected earliest, latest, an ISO timestamp or offsets JSON"
+        ) from exc
+    return {"startingTimestamp": str(int(ts.timestamp() * 1000))}
+
+
+def make_job(
+    spec: StreamSpec,
+    mode: str,
+    *,
+    checkpoint: str | None = None,
+    tables_root: str | None = None,
+    ops_root: str | None = None,
+) -> IngestJob:
+    if mode not in ("live", "replay"):
+        raise ValueError(f"mode {mode!r}: expected live or replay")
+    cp = checkpoint or checkpoint_path(spec.name, mode)
+    app_id = claim_checkpoint(cp, spec, mode)
+    return IngestJob(
+        spec=spec,
+        mode=mode,
+        tables=TableSet.for_stream(spec, tables_root),
+        checkpoint=cp,
+        app_id=app_id,
+        batches_path=ops_path(BATCHES_TABLE, ops_root),
+    )
+
+
+def start_query(
+    spark: SparkSession,
+    job: IngestJob,
+    *,
+    starting: str | None = None,
+    max_offsets_per_trigger: int | None = None,
+    trigger: str | None = None,
+) -> StreamingQuery:
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings().kafka_bootstrap)
+        .option("subscribe", job.spec.topic)
+        .options(**kafka_starting_options(starting))
+    )
+    if max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", str(max_offsets_per_trigger))
+    writer = (
+        reader.load()
+        .writeStream.queryName(f"riverdelta-{job.spec.name}-{job.mode}")
+        .option("checkpointLocation", job.checkpoint)
+        .foreachBatch(lambda df, batch_id: process_batch(job, df, batch_id))
+    )
+    if job.mode == "replay":
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=trigger or job.spec.trigger)
+    return writer.start()

@@ -1,0 +1,99 @@
+"""spark-submit commands, built by the Airflow Spark provider's hook.
+
+The CLI (``riverdelta run``) and the launchers the DAGs use call the same
+function, so a stream runs the same way from a shell and from Airflow. The
+command is an argument list, never a shell string; the master comes from the
+Airflow Spark connection (``AIRFLOW_CONN_SPARK_DEFAULT``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+from riverdelta.settings import PROJECT_ROOT, settings
+from riverdelta.spark import spark_conf
+
+INGEST_APP = PROJECT_ROOT / "spark_apps" / "ingest.py"
+
+
+def package_zip() -> Path:
+    """The ``riverdelta`` package as a zip for ``--py-files`` (remote drivers and executors)."""
+    src = PROJECT_ROOT / "include" / "riverdelta"
+    out = settings().home / "dist" / "riverdelta.zip"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    newest = max(p.stat().st_mtime for p in src.rglob("*") if p.is_file())
+    if out.exists() and out.stat().st_mtime >= newest:
+        return out
+    tmp = out.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(src.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                zf.write(path, path.relative_to(src.parent))
+    tmp.replace(out)
+    return out
+
+
+def ingest_args(
+    stream: str,
+    mode: str,
+    *,
+    starting: str | None = None,
+    max_offsets_per_trigger: int | None = None,
+    checkpoint: str | None = None,
+    tables_root: str | None = None,
+    trigger: str | None = None,
+) -> list[str]:
+    args = ["--stream", stream, "--mode", mode, "--registry", str(settings().streams_file)]
+    for flag, value in (
+        ("--from", starting),
+        ("--max-offsets-per-trigger", max_offsets_per_trigger),
+        ("--checkpoint", checkpoint),
+        ("--tables-root", tables_root),
+        ("--trigger", trigger),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def build_command(
+    application_args: list[str],
+    *,
+    name: str,
+    conn_id: str = "spark_default",
+    application: Path = INGEST_APP,
+) -> list[str]:
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    conf = spark_conf(name)
+    conf.pop("spark.master")  # the connection decides the master
+    jars = conf.pop("spark.jars")
+    driver_memory = conf.pop("spark.driver.memory")
+    conf.pop("spark.app.name")
+    hook = SparkSubmitHook(
+        conf=conf,
+        conn_id=conn_id,
+        jars=jars,
+        driver_memory=driver_memory,
+        name=name,
+        application_args=application_args,
+        py_files=None if settings().spark_master.startswith("local") else str(package_zip()),
+    )
+    return hook._build_spark_submit_command(str(application))
+
+
+def submit_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a driver: this interpreter for Python, settings passed through."""
+    env = dict(os.environ if base is None else base)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    s = settings()
+    env.update(
+        {"RIVERDELTA_HOME": str(s.home), "RIVERDELTA_CACHE": str(s.cache), "RIVERDELTA_ENV": s.env}
+    )
+    return env

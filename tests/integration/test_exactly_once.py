@@ -1,0 +1,118 @@
+"""Exactly-once under crashes: SIGKILL the live driver's process group, restart, repeat."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+
+import pytest
+import yaml
+
+from tests.integration.ingest_helpers import assert_invariants, read, spec_on_topic
+
+pytestmark = pytest.mark.integration
+
+
+def _registry_on_topic(tmp_path, stream: str, topic: str):
+    from riverdelta.settings import settings
+
+    data = yaml.safe_load(settings().streams_file.read_text())
+    data["streams"] = {stream: {**data["streams"][stream], "topic": topic}}
+    path = tmp_path / "streams.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _start_driver(registry, lake, stream: str, name: str):
+    from riverdelta import procs
+    from riverdelta.submit import build_command, ingest_args, submit_env
+
+    args = ingest_args(
+        stream,
+        "live",
+        checkpoint=str(lake / "cp"),
+        tables_root=str(lake / "tables"),
+        trigger="2 seconds",
+    )
+    args[args.index("--registry") + 1] = str(registry)
+    cmd = build_command(args, name=name)
+    return procs.start_detached(name, cmd, log=lake / f"{name}.log", env=submit_env())
+
+
+def _counted(spark, job) -> int:
+    from pyspark.sql import functions as F
+
+    if not os.path.exists(job.batches_path):
+        return 0
+    return (
+        read(spark, job.batches_path)
+        .where(F.col("app_id") == job.app_id)
+        .agg(F.sum("bronze"))
+        .first()[0]
+        or 0
+    )
+
+
+def _crash_loop(spark, kafka, topic, lake, tmp_path, *, events: int, kills: int, seed: int):
+    from riverdelta import procs
+    from riverdelta.generator import produce
+    from riverdelta.ingest import make_job
+
+    stream = "transactions"
+    spec = spec_on_topic(stream, topic)
+    registry = _registry_on_topic(tmp_path, stream, topic)
+    name = f"crash-{topic}"
+    summary: dict = {}
+
+    def producer():
+        summary.update(
+            produce(
+                spec,
+                events,
+                bootstrap=kafka,
+                rate=events / 60,
+                poison_rate=0.01,
+                duplicate_rate=0.01,
+                late_rate=0.005,
+                seed=seed,
+            )
+        )
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    rng = random.Random(seed)
+    info = _start_driver(registry, lake, stream, name)
+    try:
+        for _ in range(kills):
+            time.sleep(rng.uniform(20, 35))
+            assert procs.alive(info), procs.tail(info.log)
+            os.killpg(info.pid, signal.SIGKILL)
+            while procs.alive(info):
+                os.waitpid(info.pid, os.WNOHANG)
+                time.sleep(0.1)
+            info = _start_driver(registry, lake, stream, name)
+        thread.join()
+        job = make_job(spec, "live", checkpoint=str(lake / "cp"), tables_root=str(lake / "tables"))
+        deadline = time.monotonic() + 600
+        # The per-batch counts are the last write of a batch: when they cover every
+        # record sent, every layer has committed.
+        while time.monotonic() < deadline:
+            if _counted(spark, job) >= summary["sent"]:
+                break
+            assert procs.alive(info), procs.tail(info.log)
+            time.sleep(3)
+    finally:
+        procs.stop(name, timeout=10)
+    assert_invariants(spark, spec, job, summary)
+
+
+def test_exactly_once_under_sigkill(spark, kafka, topic, lake, tmp_path):
+    _crash_loop(spark, kafka, topic, lake, tmp_path, events=100_000, kills=3, seed=11)
+
+
+@pytest.mark.slow
+def test_exactly_once_under_many_sigkills(spark, kafka, topic, lake, tmp_path):
+    _crash_loop(spark, kafka, topic, lake, tmp_path, events=200_000, kills=8, seed=12)
