@@ -58,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = get_spark(f"riverdelta-{spec.name}-{args.mode}")
     spark.sparkContext.setLogLevel("WARN")
+    # Local mode never prints its application id; the launcher reads it from this line.
+    print(f"Riverdelta driver application id: {spark.sparkContext.applicationId}", flush=True)
+    if args.mode == "live":
+        from riverdelta.listener import make_progress_listener
+        from riverdelta.status import progress_file
+
+        # Rates and the last exception for `riverdelta status`; lag itself comes from the checkpoint.
+        spark.streams.addListener(make_progress_listener(progress_file(spec.name)))
     query = start_query(
         spark,
         job,

@@ -97,6 +97,12 @@ def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def ensure_airflow_env() -> None:
+    """Fill in Airflow's configuration for this process where it is not set already."""
+    for key, value in airflow_env().items():
+        os.environ.setdefault(key, value)
+
+
 def _airflow_bin() -> str:
     path = Path(sys.executable).parent / "airflow"
     found = str(path) if path.exists() else shutil.which("airflow")

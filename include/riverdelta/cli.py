@@ -106,6 +106,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return subprocess.run(cmd, env=submit_env()).returncode
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from riverdelta.registry import load_registry
+    from riverdelta.status import format_table, stream_status
+
+    names = [args.stream] if args.stream else list(load_registry().streams)
+    reports = [stream_status(n) for n in names]
+    print(json.dumps(reports, indent=2, default=str) if args.json else format_table(reports))
+    return 0
+
+
+def _cmd_control(args: argparse.Namespace) -> int:
+    import json
+
+    from riverdelta import control
+
+    result = getattr(control, args.command)(args.stream, actor="cli")
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="riverdelta", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-offsets-per-trigger", type=int, default=None)
     p.add_argument("--checkpoint", default=None)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("status", help="desired vs actual state, lag, batch age, rates per stream")
+    p.add_argument("stream", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_status)
+
+    for action, text in (
+        ("deploy", "record RUNNING as desired state and start the stream's driver"),
+        ("stop", "record STOPPED as desired state and stop the driver"),
+        ("restart", "stop and start the driver"),
+        ("reconcile", "bring the stream to its desired state once (what the DAG does)"),
+    ):
+        p = sub.add_parser(action, help=text)
+        p.add_argument("stream")
+        p.set_defaults(func=_cmd_control)
 
     p = sub.add_parser("up", help="start the embedded Kafka broker and Airflow (idempotent)")
     p.add_argument("--kafka-only", action="store_true", help="start only the broker and topics")

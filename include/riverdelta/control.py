@@ -1,0 +1,242 @@
+"""Desired state, reconciled: deploy, stop, restart and watch a stream.
+
+Airflow tasks are finite and streams are not, so no task waits on a driver:
+``deploy`` launches a detached driver and returns; ``reconcile`` (every few
+minutes) compares the desired state with what runs and acts. Everything it
+does is written to the ops history.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from riverdelta import ops
+from riverdelta.registry import StreamSpec, load_registry
+from riverdelta.settings import settings
+
+
+class CrashLoopError(RuntimeError):
+    """The stream keeps dying; restarts are suspended until an operator acts."""
+
+
+class HealthBreachError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    max_restarts: int = 3
+    window_seconds: float = 900.0
+    backoff_seconds: float = 15.0
+
+    @classmethod
+    def for_stream(cls, spec: StreamSpec) -> RestartPolicy:
+        raw = getattr(spec, "restart", None) or {}
+        return cls(
+            **{k: raw[k] for k in ("max_restarts", "window_seconds", "backoff_seconds") if k in raw}
+        )
+
+    def backoff(self, recent: int) -> float:
+        """Wait before the next restart: 0 for the first, then doubling."""
+        return 0.0 if recent == 0 else self.backoff_seconds * 2 ** (recent - 1)
+
+
+def _spec(stream: str) -> StreamSpec:
+    return load_registry().get(stream)
+
+
+def _launcher(dep: dict[str, Any] | None = None):
+    from riverdelta.launchers import launcher_for
+
+    name = (dep or {}).get("launcher")
+    return launcher_for(settings().spark_master, name)
+
+
+def _deployment(dep: dict[str, Any] | None):
+    from riverdelta.launchers import Deployment
+
+    return Deployment.from_dict(dep) if dep else None
+
+
+def actual_state(state: ops.StreamState) -> str:
+    dep = _deployment(state.deployment)
+    if dep is None:
+        return "DEAD"
+    return _launcher(state.deployment).status(dep)
+
+
+def launch(stream: str) -> dict[str, Any]:
+    from riverdelta.airflow_stack import ensure_airflow_env
+    from riverdelta.submit import build_command, ingest_args, submit_env
+
+    spec = _spec(stream)
+    ensure_airflow_env()  # the hook resolves the Spark connection from AIRFLOW_CONN_SPARK_DEFAULT
+    cmd = build_command(ingest_args(spec.name, "live"), name=f"riverdelta-{spec.name}-live")
+    log = settings().log_dir / f"stream-{spec.name}.log"
+    dep = _launcher().launch(spec.name, cmd, submit_env(), log)
+    return dep.to_dict()
+
+
+def _stop_deployment(state: ops.StreamState) -> bool:
+    dep = _deployment(state.deployment)
+    if dep is None:
+        return False
+    launcher = _launcher(state.deployment)
+    was_running = launcher.status(dep) == "RUNNING"
+    if was_running:
+        launcher.stop(dep)
+    state.deployment = None
+    return was_running
+
+
+def deploy(stream: str, actor: str = "") -> dict[str, Any]:
+    state = ops.load_state(_spec(stream).name)
+    state.desired, state.desired_at, state.desired_by = ops.RUNNING, time.time(), actor
+    # An operator's deploy is the acknowledgement that ends a crash loop.
+    state.crash_loop, state.restarts, state.last_error = False, [], None
+    started = False
+    if actual_state(state) != "RUNNING":
+        state.deployment = launch(stream)
+        started = True
+    ops.save_state(state)
+    ops.record(stream, "deploy", actor=actor, started=started, deployment=state.deployment)
+    return {
+        "stream": stream,
+        "action": "deploy",
+        "started": started,
+        "deployment": state.deployment,
+    }
+
+
+def stop(stream: str, actor: str = "") -> dict[str, Any]:
+    state = ops.load_state(_spec(stream).name)
+    state.desired, state.desired_at, state.desired_by = ops.STOPPED, time.time(), actor
+    stopped = _stop_deployment(state)
+    ops.save_state(state)
+    ops.record(stream, "stop", actor=actor, stopped=stopped)
+    return {"stream": stream, "action": "stop", "stopped": stopped}
+
+
+def restart(stream: str, actor: str = "", reason: str = "operator") -> dict[str, Any]:
+    state = ops.load_state(_spec(stream).name)
+    _stop_deployment(state)
+    state.desired = ops.RUNNING
+    state.crash_loop = False
+    state.deployment = launch(stream)
+    ops.save_state(state)
+    ops.record(stream, "restart", actor=actor, reason=reason, deployment=state.deployment)
+    return {"stream": stream, "action": "restart", "reason": reason, "deployment": state.deployment}
+
+
+def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[str, Any]:
+    """Bring the stream to its desired state; restart with back-off; stop at a crash loop."""
+    from riverdelta.health import compute_health, is_stuck
+
+    spec = _spec(stream)
+    now = time.time() if now is None else now
+    state = ops.load_state(spec.name)
+    actual = actual_state(state)
+    result: dict[str, Any] = {
+        "stream": stream,
+        "desired": state.desired,
+        "actual": actual,
+        "action": "none",
+    }
+
+    if state.desired == ops.STOPPED:
+        if actual == "RUNNING":
+            _stop_deployment(state)
+            ops.save_state(state)
+            ops.record(stream, "stop", actor=actor, reason="desired state is STOPPED")
+            result["action"] = "stopped"
+        return result
+
+    if state.crash_loop:
+        raise CrashLoopError(_crash_loop_message(spec, state))
+
+    if actual == "UNKNOWN":
+        # The driver may be alive where we cannot see it (another host, cluster API down):
+        # a second driver on the same checkpoint would be worse than waiting.
+        raise HealthBreachError(
+            f"stream {spec.name}: the state of its driver is UNKNOWN ({state.deployment}); not "
+            "restarting it blindly. Check the cluster manager, then trigger action=restart."
+        )
+    reason = None
+    if actual != "RUNNING":
+        reason = "driver dead"
+    else:
+        from riverdelta.lake import checkpoint_path
+
+        health = compute_health(
+            checkpoint_path(spec.name, "live"), settings().kafka_bootstrap, spec.topic, now=now
+        )
+        if is_stuck(health, spec.health["max_batch_age_seconds"]):
+            reason = f"stuck: last batch {health.last_batch_age_seconds:.0f}s ago while lag is {health.lag_records}"
+    if reason is None:
+        return result
+
+    policy = RestartPolicy.for_stream(spec)
+    recent = [t for t in state.restarts if now - t < policy.window_seconds]
+    if len(recent) >= policy.max_restarts:
+        state.crash_loop = True
+        state.last_error = _driver_error(state)
+        ops.save_state(state)
+        ops.record(
+            stream,
+            "crash_loop",
+            outcome="alert",
+            actor=actor,
+            restarts=len(recent),
+            last_error=state.last_error,
+        )
+        raise CrashLoopError(_crash_loop_message(spec, state))
+    wait = policy.backoff(len(recent))
+    if recent and now - recent[-1] < wait:
+        result.update(
+            action="backoff", retry_in_seconds=round(wait - (now - recent[-1]), 1), reason=reason
+        )
+        return result
+    last_error = _driver_error(state)
+    _stop_deployment(state)
+    state.deployment = launch(stream)
+    state.restarts = [*recent, now]
+    state.last_error = last_error
+    ops.save_state(state)
+    ops.record(
+        stream,
+        "restart",
+        actor=actor,
+        reason=reason,
+        attempt=len(state.restarts),
+        last_error=last_error,
+    )
+    result.update(action="restarted", reason=reason, attempt=len(state.restarts))
+    return result
+
+
+def _driver_error(state: ops.StreamState) -> str | None:
+    """The last error line of the driver's log, for the alert."""
+    log = (state.deployment or {}).get("log")
+    if not log:
+        return None
+    from riverdelta.procs import tail
+
+    lines = [
+        ln
+        for ln in tail(log, 200).splitlines()
+        if "error" in ln.lower() or "exception" in ln.lower()
+    ]
+    return lines[-1][:500] if lines else None
+
+
+def _crash_loop_message(spec: StreamSpec, state: ops.StreamState) -> str:
+    policy = RestartPolicy.for_stream(spec)
+    log = (state.deployment or {}).get("log") or settings().log_dir / f"stream-{spec.name}.log"
+    return (
+        f"stream {spec.name} is in a crash loop: {policy.max_restarts} restarts within "
+        f"{policy.window_seconds:.0f}s did not keep it alive; restarts are suspended. "
+        f"Last error: {state.last_error or 'see the driver log'}. Driver log: {log}. "
+        f"Fix the cause, then trigger stream_{spec.name} with action=deploy (or `riverdelta deploy {spec.name}`)."
+    )

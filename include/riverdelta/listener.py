@@ -1,0 +1,162 @@
+"""The driver's progress file: rates and the last exception, for ``riverdelta status``.
+
+A ``StreamingQueryListener`` in the driver rewrites one small JSON file after
+every micro-batch and when the query ends. Lag and batch age never come from
+here (the checkpoint and Kafka are the truth for those); the file only adds what
+only the driver knows. pyspark is imported inside ``make_progress_listener``
+because this module is imported where pyspark is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("riverdelta.listener")
+
+
+def _number(value: Any) -> float | None:
+    # Spark omits NaN rates from its JSON; Python's json would still accept NaN/Infinity.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def progress_record(
+    progress_json: dict[str, Any], previous: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The file's content after a ``StreamingQueryProgress`` (its parsed ``.json``).
+
+    The last exception is carried over from ``previous``: progress events do not
+    clear it, so on-call still sees why the last run died after a restart.
+    """
+    previous = previous or {}
+    num_rows = progress_json.get("numInputRows")
+    return {
+        "batch_id": progress_json.get("batchId"),
+        "timestamp": progress_json.get("timestamp"),
+        "input_rows_per_second": _number(progress_json.get("inputRowsPerSecond")),
+        "processed_rows_per_second": _number(progress_json.get("processedRowsPerSecond")),
+        "num_input_rows": int(num_rows) if isinstance(num_rows, int | float) else None,
+        "batch_duration_ms": progress_json.get("batchDuration"),
+        "query_id": progress_json.get("id"),
+        "run_id": progress_json.get("runId"),
+        "name": progress_json.get("name"),
+        "last_exception": previous.get("last_exception"),
+        "last_exception_detail": previous.get("last_exception_detail"),
+        "last_exception_at": previous.get("last_exception_at"),
+    }
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:Caused by: )?[A-Za-z_][\w.$]*(?:Error|Exception|Exit)\b")
+_DETAIL_CHARS = 10_000
+
+
+def summarize_exception(text: str) -> str:
+    """The line that names the failure, not the py4j wrapper around it.
+
+    A failed ``foreachBatch`` surfaces as "py4j.Py4JException: An exception was
+    raised by the Python Proxy..." with the Python traceback inside; the last
+    unindented exception line is the real error (e.g. "ValueError: ...").
+    """
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    named = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
+    line = named[-1] if named else (lines[0] if lines else text)
+    return line.removeprefix("Caused by: ").strip()[:500]
+
+
+def terminated_record(
+    previous: dict[str, Any] | None,
+    *,
+    query_id: str,
+    run_id: str,
+    exception: str | None,
+    now: float,
+) -> dict[str, Any]:
+    """The file's content after the query terminated (``exception`` None: a clean stop)."""
+    record = dict(previous or {})
+    record.update(query_id=query_id, run_id=run_id, terminated_at=now)
+    if exception:
+        record.update(
+            last_exception=summarize_exception(exception),
+            last_exception_detail=exception[:_DETAIL_CHARS],
+            last_exception_at=now,
+        )
+    record.setdefault("last_exception", None)
+    return record
+
+
+def write_atomic(path: Path, record: dict[str, Any]) -> None:
+    """Readers see the old file or the new one, never a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(record, default=str))
+    os.replace(tmp, path)
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def make_progress_listener(path: Path) -> Any:
+    """A ``StreamingQueryListener`` keeping ``path`` up to date; add it with ``spark.streams.addListener``."""
+    from pyspark import SparkContext
+    from pyspark.sql.streaming import StreamingQueryListener
+
+    context = SparkContext._active_spark_context
+    spark_app_id = context.applicationId if context is not None else None
+
+    class ProgressListener(StreamingQueryListener):
+        def __init__(self) -> None:
+            self.path = Path(path)
+            self.lock = threading.Lock()
+            # The previous run's last exception survives a restart of the driver.
+            self.last = read_record(self.path)
+
+        def _write(self, record: dict[str, Any]) -> None:
+            record["spark_app_id"] = spark_app_id
+            record["written_at"] = time.time()
+            write_atomic(self.path, record)
+            self.last = record
+
+        def onQueryStarted(self, event: Any) -> None:
+            pass
+
+        def onQueryProgress(self, event: Any) -> None:
+            # A failing listener must never take the stream down with it.
+            try:
+                with self.lock:
+                    self._write(progress_record(json.loads(event.progress.json), self.last))
+            except Exception:
+                log.exception("could not write the progress file %s", self.path)
+
+        def onQueryIdle(self, event: Any) -> None:
+            pass
+
+        def onQueryTerminated(self, event: Any) -> None:
+            try:
+                with self.lock:
+                    self._write(
+                        terminated_record(
+                            self.last,
+                            query_id=str(event.id),
+                            run_id=str(event.runId),
+                            exception=event.exception,
+                            now=time.time(),
+                        )
+                    )
+            except Exception:
+                log.exception("could not write the progress file %s", self.path)
+
+    return ProgressListener()

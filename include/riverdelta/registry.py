@@ -1,0 +1,550 @@
+"""The stream registry: ``include/streams.yaml`` loaded into validated dataclasses.
+
+Streams are configuration only. Everything a stream needs (topic, contract,
+tables, gold aggregates, health thresholds) comes from here, and every problem
+in the file is reported as a ``ContractError`` naming the stream and the field,
+so a bad contract stops ``riverdelta up`` instead of a running query.
+
+DAG files import this module: no pyspark or confluent_kafka here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Quarantine reason codes: exactly one per invalid record, the first that applies in this
+# order (riverdelta.transforms.validate; the generator makes poison of each kind).
+REASONS = (
+    "too_large",
+    "not_utf8",
+    "not_json",
+    "not_object",
+    "missing_field",
+    "null_field",
+    "wrong_type",
+    "bad_timestamp",
+    "future_timestamp",
+    "below_minimum",
+    "not_allowed",
+)
+SIMPLE_TYPES = ("string", "long", "int", "double", "boolean", "timestamp")
+NUMERIC_TYPES = ("long", "int", "double")  # plus decimal(p,s)
+ALLOWED_LIST_TYPES = ("string", "long", "int")
+AGGREGATE_FNS = ("sum", "count", "count_distinct", "min", "max", "avg")
+GEN_KINDS = ("choice", "pool", "range", "uuid", "url", "user_agent")
+# Columns the pipeline adds around the contract; a field of that name would collide.
+RESERVED_COLUMNS = frozenset(
+    {
+        "key",
+        "value",
+        "topic",
+        "partition",
+        "offset",
+        "timestamp",
+        "timestampType",
+        "kafka_timestamp",
+        "window_start",
+        "window_end",
+        "updated_at",
+        "batch_id",
+        "reason",
+        "detail",
+        "resolved",
+        "resolved_at",
+    }
+)
+
+_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_STREAM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_DECIMAL = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
+_DURATION = re.compile(r"^\s*(\d+)\s*([a-z]+?)s?\s*$")
+_UNITS = {
+    "millisecond": timedelta(milliseconds=1),
+    "second": timedelta(seconds=1),
+    "minute": timedelta(minutes=1),
+    "hour": timedelta(hours=1),
+    "day": timedelta(days=1),
+    "week": timedelta(weeks=1),
+}
+
+_STREAM_KEYS = frozenset(
+    {
+        "topic",
+        "partitions",
+        "key",
+        "id_column",
+        "event_time_column",
+        "watermark",
+        "trigger",
+        "max_value_bytes",
+        "max_future",
+        "health",
+        "restart",
+        "contract",
+        "gold",
+    }
+)
+_FIELD_KEYS = frozenset({"name", "type", "required", "nullable", "min", "allowed", "gen"})
+_GOLD_KEYS = frozenset({"name", "group_by", "window", "aggregates"})
+_AGG_KEYS = frozenset({"name", "fn", "column"})
+_HEALTH_REQUIRED = ("max_lag_seconds", "max_batch_age_seconds")
+_RESTART_KEYS = ("max_restarts", "window_seconds", "backoff_seconds")
+
+
+class ContractError(ValueError):
+    """The registry does not parse; the message names the stream, the field and the problem."""
+
+
+class UnknownStreamError(ValueError):
+    """No stream of that name; the message lists the known ones."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"10 minutes"`` -> ``timedelta(minutes=10)``; the forms Spark also accepts."""
+    match = _DURATION.match(text.lower()) if isinstance(text, str) else None
+    unit = _UNITS.get(match.group(2)) if match else None
+    if match is None or unit is None:
+        raise ValueError(
+            f"bad duration {text!r}: expected '<n> <unit>' with unit one of "
+            + ", ".join(f"{u}s" for u in _UNITS)
+        )
+    value = int(match.group(1)) * unit
+    if value <= timedelta(0):
+        raise ValueError(f"bad duration {text!r}: must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    type: str  # canonical: string | long | int | double | boolean | timestamp | decimal(p,s)
+    required: bool = True
+    nullable: bool = False
+    min: int | float | Decimal | None = None
+    allowed: tuple[Any, ...] | None = None
+    gen: dict[str, Any] | None = None
+
+    @property
+    def is_decimal(self) -> bool:
+        return self.type.startswith("decimal(")
+
+    @property
+    def precision_scale(self) -> tuple[int, int]:
+        match = _DECIMAL.match(self.type)
+        if match is None:
+            raise ValueError(f"field {self.name!r} of type {self.type} is not a decimal")
+        return int(match.group(1)), int(match.group(2))
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.is_decimal or self.type in NUMERIC_TYPES
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    name: str
+    fn: str
+    column: str | None = None
+
+
+@dataclass(frozen=True)
+class GoldSpec:
+    name: str
+    group_by: tuple[str, ...]
+    window: str
+    aggregates: tuple[Aggregate, ...]
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    topic: str
+    partitions: int
+    key: str
+    id_column: str
+    event_time_column: str
+    watermark: str
+    trigger: str
+    max_value_bytes: int
+    max_future: str
+    health: dict[str, float]
+    fields: tuple[FieldSpec, ...]
+    gold: tuple[GoldSpec, ...] = ()
+    restart: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+    def field_spec(self, name: str) -> FieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"stream {self.name!r} has no field {name!r}")
+
+    def spark_schema_ddl(self) -> str:
+        """The contract as a Spark DDL schema string, e.g. ``event_id string, ...``."""
+        return ", ".join(f"`{f.name}` {f.type}" for f in self.fields)
+
+    def table_names(self) -> dict[str, str]:
+        """Layer -> table name: bronze, silver, quarantine and one ``gold_<name>`` per gold."""
+        names = {layer: f"{self.name}_{layer}" for layer in ("bronze", "silver", "quarantine")}
+        names.update({f"gold_{g.name}": f"{self.name}_gold_{g.name}" for g in self.gold})
+        return names
+
+
+@dataclass(frozen=True)
+class Registry:
+    path: Path
+    streams: dict[str, StreamSpec]
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.streams)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.streams
+
+    def get(self, name: str) -> StreamSpec:
+        try:
+            return self.streams[name]
+        except KeyError:
+            raise UnknownStreamError(
+                f"unknown stream {name!r}; known streams: {', '.join(self.names) or '(none)'} "
+                f"(registry {self.path})"
+            ) from None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_registry(path: Path | None = None) -> Registry:
+    if path is None:
+        from riverdelta.settings import settings
+
+        path = settings().streams_file
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ContractError(f"{path}: stream registry not found") from None
+    except yaml.YAMLError as exc:
+        raise ContractError(f"{path}: not valid YAML: {exc}") from None
+    return parse_registry(data, path)
+
+
+def parse_registry(data: Any, path: Path | str = "<registry>") -> Registry:
+    where = str(path)
+    if not isinstance(data, dict):
+        raise ContractError(f"{where}: expected a mapping with 'defaults' and 'streams'")
+    unknown = set(data) - {"defaults", "streams"}
+    if unknown:
+        raise ContractError(f"{where}: unknown top-level keys {sorted(unknown)}")
+    defaults = data.get("defaults") or {}
+    streams = data.get("streams")
+    if not isinstance(defaults, dict):
+        raise ContractError(f"{where}: 'defaults' must be a mapping")
+    if not isinstance(streams, dict) or not streams:
+        raise ContractError(f"{where}: 'streams' must be a non-empty mapping of name -> stream")
+    specs = {
+        str(name): _parse_stream(str(name), _merge(defaults, raw, where, str(name)), where)
+        for name, raw in streams.items()
+    }
+    topics: dict[str, str] = {}
+    for spec in specs.values():
+        if spec.topic in topics:
+            raise ContractError(
+                f"{where}: streams {topics[spec.topic]!r} and {spec.name!r} share topic {spec.topic!r}"
+            )
+        topics[spec.topic] = spec.name
+    return Registry(path=Path(path), streams=specs)
+
+
+def _merge(defaults: dict, raw: Any, where: str, name: str) -> dict:
+    if not isinstance(raw, dict):
+        raise ContractError(f"{where}: stream {name!r}: expected a mapping")
+    merged = {**defaults, **raw}
+    for key in ("health", "restart"):
+        if isinstance(defaults.get(key), dict) and isinstance(raw.get(key), dict):
+            merged[key] = {**defaults[key], **raw[key]}
+    return merged
+
+
+class _Ctx:
+    """Builds error messages that say where in the registry the problem is."""
+
+    def __init__(self, where: str, stream: str) -> None:
+        self.where, self.stream = where, stream
+
+    def error(self, problem: str, field: str | None = None) -> ContractError:
+        at = f"stream {self.stream!r}" + (f", field {field!r}" if field else "")
+        return ContractError(f"{self.where}: {at}: {problem}")
+
+
+def _parse_stream(name: str, raw: dict, where: str) -> StreamSpec:
+    ctx = _Ctx(where, name)
+    if not _STREAM_NAME.match(name):
+        raise ctx.error("stream names are lower-case identifiers ([a-z][a-z0-9_]*)")
+    unknown = set(raw) - _STREAM_KEYS
+    if unknown:
+        raise ctx.error(f"unknown keys {sorted(unknown)}; expected some of {sorted(_STREAM_KEYS)}")
+    for key in ("topic", "key", "id_column", "event_time_column", "watermark", "contract"):
+        if raw.get(key) in (None, ""):
+            raise ctx.error(f"missing {key!r}")
+    topic = _str(ctx, raw, "topic")
+    contract = raw["contract"]
+    if not isinstance(contract, dict) or not isinstance(contract.get("fields"), list):
+        raise ctx.error("'contract' must be a mapping with a 'fields' list")
+    fields = tuple(_parse_field(ctx, f) for f in contract["fields"])
+    if not fields:
+        raise ctx.error("the contract has no fields")
+    names = [f.name for f in fields]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ctx.error("declared more than once", field=sorted(dup)[0])
+    by_name = {f.name: f for f in fields}
+
+    def column(key: str) -> FieldSpec:
+        value = _str(ctx, raw, key)
+        if value not in by_name:
+            raise ctx.error(f"{key} {value!r} is not a contract field ({', '.join(names)})")
+        return by_name[value]
+
+    key_field = column("key")
+    id_field = column("id_column")
+    et_field = column("event_time_column")
+    if id_field.type not in ("string", "long", "int"):
+        raise ctx.error("id_column must be of type string, long or int", field=id_field.name)
+    for f, role in ((id_field, "id_column"), (et_field, "event_time_column")):
+        if not f.required or f.nullable:
+            raise ctx.error(f"the {role} must be required and not nullable", field=f.name)
+    if et_field.type != "timestamp":
+        raise ctx.error(
+            f"event_time_column must be of type timestamp, not {et_field.type}", field=et_field.name
+        )
+    spec = StreamSpec(
+        name=name,
+        topic=topic,
+        partitions=_positive_int(ctx, raw, "partitions", default=3),
+        key=key_field.name,
+        id_column=id_field.name,
+        event_time_column=et_field.name,
+        watermark=_duration(ctx, raw, "watermark"),
+        trigger=_duration(ctx, raw, "trigger", default="10 seconds"),
+        max_value_bytes=_positive_int(ctx, raw, "max_value_bytes", default=65536),
+        max_future=_duration(ctx, raw, "max_future", default="1 day"),
+        health=_parse_health(ctx, raw.get("health")),
+        restart=_parse_restart(ctx, raw.get("restart")),
+        fields=fields,
+        gold=(),
+    )
+    gold_raw = raw.get("gold") or []
+    if not isinstance(gold_raw, list):
+        raise ctx.error("'gold' must be a list")
+    gold = tuple(_parse_gold(ctx, g, by_name) for g in gold_raw)
+    gold_names = [g.name for g in gold]
+    if len(set(gold_names)) != len(gold_names):
+        raise ctx.error(f"gold names must be unique, got {gold_names}")
+    return replace(spec, gold=gold)
+
+
+def _str(ctx: _Ctx, raw: dict, key: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ctx.error(f"{key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _positive_int(ctx: _Ctx, raw: dict, key: str, default: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ctx.error(f"{key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def _duration(ctx: _Ctx, raw: dict, key: str, default: str | None = None) -> str:
+    value = raw.get(key, default)
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise ctx.error(f"{key}: {exc}") from None
+    return value.strip()
+
+
+def _numbers(ctx: _Ctx, what: str, raw: Any, allowed_keys: tuple[str, ...] | None) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ctx.error(f"{what!r} must be a mapping")
+    for key, value in raw.items():
+        if allowed_keys is not None and key not in allowed_keys:
+            raise ctx.error(f"{what}: unknown key {key!r}; expected some of {list(allowed_keys)}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ctx.error(f"{what}.{key} must be a non-negative number, got {value!r}")
+    return dict(raw)
+
+
+def _parse_health(ctx: _Ctx, raw: Any) -> dict[str, float]:
+    health = _numbers(ctx, "health", raw, None)
+    missing = [k for k in _HEALTH_REQUIRED if k not in health]
+    if missing:
+        raise ctx.error(f"health: missing {missing}")
+    return health
+
+
+def _parse_restart(ctx: _Ctx, raw: Any) -> dict[str, float]:
+    return _numbers(ctx, "restart", raw, _RESTART_KEYS)
+
+
+def _canonical_type(ctx: _Ctx, name: str, raw: Any) -> str:
+    text = str(raw).strip().lower() if isinstance(raw, str) else None
+    if text in SIMPLE_TYPES:
+        return text
+    match = _DECIMAL.match(text or "")
+    if match:
+        p, s = int(match.group(1)), int(match.group(2))
+        if not 1 <= p <= 38 or s > p:
+            raise ctx.error(
+                f"decimal({p},{s}): need 1 <= precision <= 38 and scale <= precision", field=name
+            )
+        return f"decimal({p},{s})"
+    raise ctx.error(
+        f"unknown type {raw!r}; expected one of {', '.join(SIMPLE_TYPES)}, decimal(p,s)", field=name
+    )
+
+
+def _parse_field(ctx: _Ctx, raw: Any) -> FieldSpec:
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ctx.error(f"contract fields must be mappings with a 'name', got {raw!r}")
+    name = raw["name"]
+    if not isinstance(name, str) or not _IDENT.match(name):
+        raise ctx.error("field names are identifiers ([A-Za-z][A-Za-z0-9_]*)", field=str(name))
+    if name in RESERVED_COLUMNS or name.startswith("_"):
+        raise ctx.error("the name is reserved for a pipeline column", field=name)
+    unknown = set(raw) - _FIELD_KEYS
+    if unknown:
+        raise ctx.error(
+            f"unknown keys {sorted(unknown)}; expected some of {sorted(_FIELD_KEYS)}", field=name
+        )
+    if "type" not in raw:
+        raise ctx.error("missing 'type'", field=name)
+    ftype = _canonical_type(ctx, name, raw["type"])
+    flags = {}
+    for flag, default in (("required", True), ("nullable", False)):
+        flags[flag] = raw.get(flag, default)
+        if not isinstance(flags[flag], bool):
+            raise ctx.error(f"{flag!r} must be true or false", field=name)
+    spec = FieldSpec(name=name, type=ftype, **flags)
+    minimum = _parse_min(ctx, spec, raw.get("min"))
+    allowed = _parse_allowed(ctx, spec, raw.get("allowed"), minimum)
+    gen = raw.get("gen")
+    if gen is not None:
+        if not isinstance(gen, dict) or gen.get("kind", "range") not in GEN_KINDS:
+            raise ctx.error(f"gen must be a mapping with kind one of {list(GEN_KINDS)}", field=name)
+        if gen.get("kind") == "choice" and not gen.get("values"):
+            raise ctx.error("gen kind 'choice' needs a non-empty 'values' list", field=name)
+    return replace(spec, min=minimum, allowed=allowed, gen=gen)
+
+
+def _parse_min(ctx: _Ctx, spec: FieldSpec, raw: Any) -> int | float | Decimal | None:
+    if raw is None:
+        return None
+    if not spec.is_numeric:
+        raise ctx.error(f"'min' applies to numeric types only, not {spec.type}", field=spec.name)
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ctx.error(f"'min' must be a number, got {raw!r}", field=spec.name)
+    if spec.type in ("int", "long"):
+        if raw != int(raw):
+            raise ctx.error(f"'min' must be an integer for type {spec.type}", field=spec.name)
+        return int(raw)
+    if spec.is_decimal:
+        # Through str so 0.1 stays 0.1 and does not become the binary float's expansion.
+        return Decimal(str(raw))
+    return float(raw)
+
+
+def _parse_allowed(
+    ctx: _Ctx, spec: FieldSpec, raw: Any, minimum: int | float | Decimal | None
+) -> tuple[Any, ...] | None:
+    if raw is None:
+        return None
+    if spec.type not in ALLOWED_LIST_TYPES:
+        raise ctx.error(
+            f"'allowed' applies to {', '.join(ALLOWED_LIST_TYPES)} only", field=spec.name
+        )
+    if not isinstance(raw, list) or not raw:
+        raise ctx.error("'allowed' must be a non-empty list", field=spec.name)
+    want = str if spec.type == "string" else int
+    for value in raw:
+        if isinstance(value, bool) or not isinstance(value, want):
+            raise ctx.error(f"allowed value {value!r} is not a {spec.type}", field=spec.name)
+        if minimum is not None and value < minimum:
+            raise ctx.error(f"allowed value {value!r} is below min {minimum}", field=spec.name)
+    return tuple(dict.fromkeys(raw))
+
+
+def _parse_gold(ctx: _Ctx, raw: Any, fields: dict[str, FieldSpec]) -> GoldSpec:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise ctx.error(f"gold entries must be mappings with a 'name', got {raw!r}")
+    name = raw["name"]
+    where = f"gold {name!r}"
+    if not _STREAM_NAME.match(name):
+        raise ctx.error(f"{where}: names are lower-case identifiers")
+    unknown = set(raw) - _GOLD_KEYS
+    if unknown:
+        raise ctx.error(f"{where}: unknown keys {sorted(unknown)}")
+    group_by = raw.get("group_by") or []
+    if not isinstance(group_by, list) or not all(isinstance(c, str) for c in group_by):
+        raise ctx.error(f"{where}: group_by must be a list of field names")
+    for col in group_by:
+        if col not in fields:
+            raise ctx.error(f"{where}: group_by column is not a contract field", field=col)
+    try:
+        parse_duration(raw.get("window"))
+    except ValueError as exc:
+        raise ctx.error(f"{where}: window: {exc}") from None
+    aggs_raw = raw.get("aggregates")
+    if not isinstance(aggs_raw, list) or not aggs_raw:
+        raise ctx.error(f"{where}: needs a non-empty 'aggregates' list")
+    aggregates = tuple(_parse_aggregate(ctx, where, a, fields) for a in aggs_raw)
+    out = ["window_start", "window_end", *group_by, *(a.name for a in aggregates)]
+    clash = {c for c in out if out.count(c) > 1}
+    if clash:
+        raise ctx.error(f"{where}: output column names collide: {sorted(clash)}")
+    return GoldSpec(
+        name=name, group_by=tuple(group_by), window=raw["window"].strip(), aggregates=aggregates
+    )
+
+
+def _parse_aggregate(ctx: _Ctx, where: str, raw: Any, fields: dict[str, FieldSpec]) -> Aggregate:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise ctx.error(f"{where}: aggregates must be mappings with a 'name', got {raw!r}")
+    name, fn, column = raw["name"], raw.get("fn"), raw.get("column")
+    if not _IDENT.match(name) or set(raw) - _AGG_KEYS:
+        raise ctx.error(
+            f"{where}: aggregate {name!r}: bad name or unknown keys {sorted(set(raw) - _AGG_KEYS)}"
+        )
+    if fn not in AGGREGATE_FNS:
+        raise ctx.error(
+            f"{where}: aggregate {name!r}: unknown fn {fn!r}; expected one of {list(AGGREGATE_FNS)}"
+        )
+    if column is None and fn != "count":
+        raise ctx.error(f"{where}: aggregate {name!r}: fn {fn} needs a 'column'")
+    if column is not None:
+        if column not in fields:
+            raise ctx.error(
+                f"{where}: aggregate {name!r}: column is not a contract field", field=str(column)
+            )
+        if fn in ("sum", "avg") and not fields[column].is_numeric:
+            raise ctx.error(
+                f"{where}: aggregate {name!r}: {fn} needs a numeric column, not {fields[column].type}",
+                field=column,
+            )
+    return Aggregate(name=name, fn=fn, column=column)

@@ -1,0 +1,249 @@
+"""The quality gate on real Delta tables: GX suites, the validated pointer, readers, Data Docs.
+
+Tables are written directly with Spark into a per-test lake (no Kafka needed), in
+the shapes the ingest writes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from riverdelta import ops, quality, read
+from riverdelta.lake import ops_path, table_path
+
+pytestmark = pytest.mark.integration
+
+SILVER = "transactions_silver"
+SILVER_SCHEMA = (
+    "event_id string, user_id string, action string, amount decimal(18,2), currency string, "
+    "merchant string, event_time timestamp, _extra string, topic string, partition int, "
+    "offset long, kafka_timestamp timestamp, _app_id string, _batch_id long"
+)
+BASE = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture()
+def lake_env(tmp_path, monkeypatch):
+    from riverdelta.settings import settings
+
+    monkeypatch.setenv("RIVERDELTA_LAKE", str(tmp_path / "lake"))
+    settings.cache_clear()
+    yield tmp_path / "lake"
+    monkeypatch.undo()
+    settings.cache_clear()
+
+
+def txn(i: int, *, batch: int = 0, app: str = "app-1", **over) -> dict:
+    row = {
+        "event_id": f"e-{i}",
+        "user_id": f"user-{i % 3}",
+        "action": "purchase",
+        "amount": Decimal("10.50"),
+        "currency": "EUR",
+        "merchant": "Acme Grocers",
+        "event_time": BASE + timedelta(seconds=20 * i),
+        "_extra": None,
+        "topic": "rd.transactions",
+        "partition": i % 3,
+        "offset": i,
+        "kafka_timestamp": BASE + timedelta(seconds=20 * i),
+        "_app_id": app,
+        "_batch_id": batch,
+    }
+    row.update(over)
+    return row
+
+
+def append(spark, table: str, rows: list[dict], schema: str = SILVER_SCHEMA) -> None:
+    cols = [c.split()[0] for c in schema.split(", ")]
+    df = spark.createDataFrame([tuple(r[c] for c in cols) for r in rows], schema)
+    df.coalesce(1).write.format("delta").mode("append").save(table_path(table))
+
+
+def test_good_data_publishes_bad_increment_is_held_back(spark, lake_env):
+    with pytest.raises(
+        read.NotValidatedError, match="run `riverdelta validate transactions_silver`"
+    ):
+        read.read_validated(SILVER, spark=spark)
+
+    append(spark, SILVER, [txn(i) for i in range(20)])
+    first = quality.validate_table(SILVER, spark=spark)
+    assert first["success"] and first["full"] and first["failed"] == []
+    assert (first["from_version"], first["to_version"], first["rows_checked"]) == (None, 0, 20)
+    assert quality.publication(SILVER)["validated_version"] == 0
+
+    append(spark, SILVER, [txn(i, batch=1) for i in range(20, 27)])
+    second = quality.validate_table(SILVER, spark=spark)
+    assert second["success"] and not second["full"]
+    # Only the 7 appended rows were read and checked.
+    assert (second["from_version"], second["to_version"], second["rows_checked"]) == (0, 1, 7)
+    assert quality.publication(SILVER)["validated_version"] == 1
+
+    assert read.read_validated(SILVER, spark=spark).count() == 27
+    assert read.read_validated(SILVER, engine="polars").height == 27
+    assert read.read_validated(SILVER, engine="pyarrow").num_rows == 27
+
+    bad = [
+        txn(27, batch=2, amount=Decimal("-5.00")),
+        txn(28, batch=2, currency="XXX"),
+        txn(29, batch=2, event_id="e-29", action="steal"),
+    ]
+    append(spark, SILVER, bad)
+    with pytest.raises(quality.ValidationFailedError) as err:
+        quality.validate_table(SILVER, spark=spark)
+    message = str(err.value)
+    assert "expect_column_values_to_be_between on column amount" in message
+    assert "-5.00" in message
+    assert "expect_column_values_to_be_in_set on column currency" in message and "XXX" in message
+    assert "expect_column_values_to_be_in_set on column action" in message and "steal" in message
+    failed = err.value.result
+    assert failed["rows_checked"] == 3 and (failed["from_version"], failed["to_version"]) == (1, 2)
+    assert {f["column"] for f in failed["failed"]} == {"amount", "currency", "action"}
+
+    # The pointer did not move: readers still get the last good version.
+    assert quality.publication(SILVER)["validated_version"] == 1
+    assert read.read_validated(SILVER, spark=spark).count() == 27
+    assert read.read_validated(SILVER, engine="polars").height == 27
+
+    history = quality.validation_history(SILVER)
+    assert [h["success"] for h in history] == [True, True, False]
+    assert [h["rows_checked"] for h in history] == [20, 7, 3]
+    events = ops.history("transactions", "validation")
+    assert [e["outcome"] for e in events] == ["ok", "ok", "fail"]
+
+    index = quality.data_docs_index()
+    assert index.exists()
+    html = index.read_text()
+    for run in (first, second, failed):
+        assert run["run_id"] in html
+
+    report = {r["table"]: r for r in read.tables_report()}[SILVER]
+    assert report["latest_version"] == 2 and report["validated_version"] == 1
+    assert (report["rows_latest"], report["rows_validated"]) == (30, 27)
+    assert report["last_validation"]["success"] is False
+
+    assert SILVER in read.register_validated_views(spark)
+    assert spark.sql(f"select count(*) from {SILVER}").first()[0] == 27
+    # Unvalidated tables get no view.
+    assert "transactions_bronze" not in read.register_validated_views(spark)
+
+
+def test_duplicate_ids_and_full_validation(spark, lake_env):
+    append(spark, SILVER, [txn(i) for i in range(5)])
+    assert quality.validate_table(SILVER, spark=spark)["success"]
+    # A duplicate of an id from an earlier increment: invisible to the increment alone ...
+    append(spark, SILVER, [txn(100, batch=1, event_id="e-1")])
+    assert quality.validate_table(SILVER, spark=spark)["rows_checked"] == 1
+    # ... and caught by the (periodic or requested) full validation.
+    with pytest.raises(quality.ValidationFailedError, match="expect_column_values_to_be_unique"):
+        quality.validate_table(SILVER, spark=spark, full=True)
+    assert quality.publication(SILVER)["validated_version"] == 1
+
+
+def _gold_rows(spark, rows: list[dict]):
+    from pyspark.sql import functions as F
+
+    silver = spark.createDataFrame(
+        [tuple(r[c.split()[0]] for c in SILVER_SCHEMA.split(", ")) for r in rows], SILVER_SCHEMA
+    )
+    return (
+        silver.groupBy(F.window("event_time", "5 minutes").alias("w"), "user_id")
+        .agg(F.sum("amount").alias("total_amount"), F.count(F.lit(1)).alias("event_count"))
+        .select(
+            F.col("w.start").alias("window_start"),
+            F.col("w.end").alias("window_end"),
+            "user_id",
+            "total_amount",
+            "event_count",
+            F.current_timestamp().alias("updated_at"),
+        )
+    )
+
+
+def test_gold_must_match_silver_for_closed_windows(spark, lake_env):
+    gold = "transactions_gold_user_5m"
+    rows = [txn(i) for i in range(60)]  # 20 minutes of events
+    append(spark, SILVER, rows)
+    # The gold write carries the ingest's txn (app, batch), which says what silver it reflects.
+    _gold_rows(spark, rows).write.format("delta").option("txnAppId", "app-1").option(
+        "txnVersion", 0
+    ).save(table_path(gold))
+    ok = quality.validate_table(gold, spark=spark)
+    assert ok["success"] and ok["full"] and ok["rows_checked"] > 0
+
+    from delta.tables import DeltaTable
+
+    DeltaTable.forPath(spark, table_path(gold)).update(
+        condition="window_start = timestamp'2025-03-01 12:00:00' and user_id = 'user-0'",
+        set={"total_amount": "total_amount + 1"},
+    )
+    with pytest.raises(quality.ValidationFailedError) as err:
+        quality.validate_table(gold, spark=spark)
+    assert "riverdelta.gold_matches_silver" in str(err.value)
+    assert "1 closed window(s) differ from silver" in str(err.value)
+
+
+def test_bronze_reconciles_with_ingest_batches(spark, lake_env):
+    from pyspark.sql import functions as F
+
+    from riverdelta.ingest import batch_counts_df
+
+    bronze_schema = (
+        "key binary, value binary, topic string, partition int, offset long, "
+        "kafka_timestamp timestamp, batch_id long"
+    )
+    bronze = spark.createDataFrame(
+        [(None, b"{}", "rd.transactions", 0, i, BASE, 0) for i in range(10)], bronze_schema
+    ).withColumn("ingested_at", F.current_timestamp())
+    bronze.write.format("delta").option("txnAppId", "app-1").option("txnVersion", 0).save(
+        table_path("transactions_bronze")
+    )
+    append(spark, SILVER, [txn(i) for i in range(8)])
+    counts = {
+        "stream": "transactions",
+        "mode": "live",
+        "app_id": "app-1",
+        "batch_id": 0,
+        "records_in": 10,
+        "bronze": 10,
+        "silver": 8,
+        "duplicates": 0,
+        "quarantined": 2,  # but the quarantine table is missing those 2 rows
+        "quarantine_by_reason": {"not_json": 2},
+        "late": 0,
+        "schema_drift": 0,
+        "max_event_time": BASE.replace(tzinfo=None),
+        "offsets": "{}",
+    }
+    batch_counts_df(spark, counts).write.format("delta").save(ops_path("ingest_batches"))
+    quarantine_schema = (
+        "key binary, value binary, topic string, partition int, offset long, "
+        "kafka_timestamp timestamp, reason string, detail string, resolved boolean, "
+        "resolved_at timestamp, batch_id long"
+    )
+    spark.createDataFrame([], quarantine_schema).write.format("delta").save(
+        table_path("transactions_quarantine")
+    )
+    with pytest.raises(quality.ValidationFailedError) as err:
+        quality.validate_table("transactions_bronze", spark=spark)
+    assert "riverdelta.reconcile_bronze" in str(err.value)
+    assert '"quarantine": [0, 2]' in str(err.value)
+
+    spark.createDataFrame(
+        [
+            (None, b"x", "rd.transactions", 0, i, BASE, "not_json", "", False, None, 0)
+            for i in (8, 9)
+        ],
+        quarantine_schema,
+    ).write.format("delta").mode("append").save(table_path("transactions_quarantine"))
+    assert quality.validate_table("transactions_bronze", spark=spark)["success"]
+
+
+def test_validation_vs_scan_measurement(spark, lake_env):
+    append(spark, SILVER, [txn(i) for i in range(200)])
+    m = quality.time_validation_vs_scan(SILVER, spark=spark)
+    assert m["rows"] == 200 and m["success"]
+    assert m["scan_seconds"] > 0 and m["ratio"] > 0

@@ -1,0 +1,169 @@
+"""Airflow runs the streams: deploy, watch, restart, stop (dag.test(), real Kafka/Spark/Delta)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def airflow_db():
+    from riverdelta import airflow_stack
+
+    airflow_stack.migrate()
+
+
+@pytest.fixture()
+def stream_registry(tmp_path, kafka, monkeypatch):
+    """A registry holding one transactions-like stream with a name and topic of its own."""
+    from riverdelta import kafka_broker
+    from riverdelta.settings import settings
+
+    def make(restart: dict | None = None, health: dict | None = None) -> str:
+        data = yaml.safe_load(settings().streams_file.read_text())
+        name = f"tx{uuid.uuid4().hex[:6]}"
+        stream = {**data["streams"]["transactions"], "topic": f"rd.{name}", "trigger": "2 seconds"}
+        if restart:
+            stream["restart"] = restart
+        if health:
+            stream["health"] = health
+        data["streams"] = {name: stream}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        monkeypatch.setenv("RIVERDELTA_STREAMS", str(path))
+        settings.cache_clear()
+        kafka_broker.create_topics({stream["topic"]: 3})
+        return name
+
+    yield make
+    settings.cache_clear()
+
+
+def run_dag(stream: str, action: str = "reconcile"):
+    from riverdelta.dag_factory import stream_dag
+    from riverdelta.registry import load_registry
+
+    dag = stream_dag(load_registry().get(stream))
+    return dag.test(run_conf={"action": action})
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 2.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})")
+
+
+def status(stream: str) -> dict:
+    from riverdelta.status import stream_status
+
+    return stream_status(stream)
+
+
+def produce(stream: str, n: int, seed: int, **rates) -> dict:
+    from riverdelta.generator import produce as gen
+    from riverdelta.registry import load_registry
+    from riverdelta.settings import settings
+
+    return gen(load_registry().get(stream), n, bootstrap=settings().kafka_bootstrap, seed=seed, **rates)
+
+
+def test_deploy_watch_stop_restart(airflow_db, stream_registry, spark):
+    from riverdelta import ops, procs
+    from riverdelta.ingest import make_job
+    from riverdelta.registry import load_registry
+    from tests.integration.ingest_helpers import assert_invariants
+
+    name = stream_registry()
+    sent = {"sent": 0, "valid": 0, "late": 0, "duplicates": 0, "by_kind": {}}
+
+    def add(summary):
+        for k in ("sent", "valid", "late", "duplicates"):
+            sent[k] += summary[k]
+        for k, v in summary["by_kind"].items():
+            sent["by_kind"][k] = sent["by_kind"].get(k, 0) + v
+
+    # deploy: the task ends, the driver keeps running detached.
+    dr = run_dag(name, "deploy")
+    assert dr.state == "success"
+    st = ops.load_state(name)
+    assert st.desired == "RUNNING" and procs.alive(procs.read(f"stream-{name}"))
+
+    # produce: lag falls to 0 with a small batch age.
+    add(produce(name, 3000, seed=1, poison_rate=0.02, duplicate_rate=0.02))
+    report = wait_for(lambda: (r := status(name))["lag_records"] == 0 and r["last_batch_id"] is not None and r, 240, "lag 0")
+    assert report["actual"] == "RUNNING" and report["last_batch_age_seconds"] < 60
+
+    # stop: driver gone, desired STOPPED; lag is exact while stopped.
+    assert run_dag(name, "stop").state == "success"
+    assert ops.load_state(name).desired == "STOPPED"
+    assert procs.running(f"stream-{name}") is None
+    add(produce(name, 777, seed=2))
+    assert status(name)["lag_records"] == 777
+    # reconcile does not start a stopped stream.
+    assert run_dag(name).state == "success"
+    assert procs.running(f"stream-{name}") is None
+
+    # SIGKILL the driver: the next reconcile restarts it, and nothing is lost.
+    assert run_dag(name, "deploy").state == "success"
+    info = procs.read(f"stream-{name}")
+    wait_for(lambda: status(name)["lag_records"] == 0, 240, "catch-up after deploy")
+    add(produce(name, 2000, seed=3, poison_rate=0.02, duplicate_rate=0.02))
+    time.sleep(3)
+    os.killpg(info.pid, signal.SIGKILL)
+    wait_for(lambda: not procs.alive(info), 30, "driver death")
+    assert run_dag(name).state == "success"
+    restarted = procs.read(f"stream-{name}")
+    assert restarted is not None and restarted.pid != info.pid and procs.alive(restarted)
+    wait_for(lambda: status(name)["lag_records"] == 0, 300, "catch-up after restart")
+
+    history = [h["event"] for h in ops.history(name)]
+    assert history.count("deploy") == 2 and "stop" in history and "restart" in history
+    assert run_dag(name, "stop").state == "success"
+
+    spec = load_registry().get(name)
+    job = make_job(spec, "live")
+    assert_invariants(spark, spec, job, sent)
+
+
+def test_crash_loop_stops_after_k_restarts(airflow_db, stream_registry):
+    import json
+
+    from riverdelta import ops
+    from riverdelta.lake import checkpoint_path
+
+    name = stream_registry(restart={"max_restarts": 2, "window_seconds": 600, "backoff_seconds": 1})
+    # An app that fails at start: its checkpoint belongs to another stream.
+    cp = checkpoint_path(name, "live")
+    os.makedirs(cp, exist_ok=True)
+    with open(os.path.join(cp, "_riverdelta.json"), "w") as fh:
+        json.dump({"stream": "someone_else", "topic": "x", "mode": "live", "app_id": "x"}, fh)
+
+    assert run_dag(name, "deploy").state == "success"
+
+    def crash_looped():
+        dr = run_dag(name)
+        return ops.load_state(name).crash_loop and dr.state == "failed"
+
+    wait_for(crash_looped, 300, "crash loop", interval=3)
+    state = ops.load_state(name)
+    assert len(state.restarts) == 2
+    events = [h["event"] for h in ops.history(name)]
+    assert events.count("restart") == 2 and "crash_loop" in events and "page" in events
+    # Once in a crash loop, reconcile keeps failing loudly and starts nothing.
+    assert run_dag(name).state == "failed"
+    assert len(ops.load_state(name).restarts) == 2
+    crash = [h for h in ops.history(name, "crash_loop")][-1]
+    assert "belongs to stream 'someone_else'" in (crash["detail"].get("last_error") or "")
+    run_dag(name, "stop")

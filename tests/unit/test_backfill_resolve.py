@@ -1,0 +1,67 @@
+"""Backfill requests resolve to exact offset ranges, or are refused with a reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from riverdelta.backfill import BackfillRefused, clip_to, parse_offsets, resolve
+
+pytestmark = pytest.mark.unit
+
+MARKS = {0: (100, 500), 1: (0, 300), 2: (50, 50)}
+
+
+def r(from_="earliest", to="latest", lookup=None):
+    return resolve("t", "unused:0", from_, to, watermarks=MARKS, time_lookup=lookup or (lambda *a: {}))
+
+
+def test_earliest_to_latest():
+    rng = r()
+    assert rng.start == {0: 100, 1: 0, 2: 50}
+    assert rng.end == {0: 500, 1: 300, 2: 50}
+    assert rng.records == 400 + 300
+
+
+def test_offsets_json_both_forms_and_defaults():
+    assert r('{"0": 200}', '{"t": {"0": 250, "1": 10}}').start == {0: 200, 1: 0, 2: 50}
+    assert r('{"0": 200}', '{"t": {"0": 250, "1": 10}}').end == {0: 250, 1: 10, 2: 50}
+
+
+def test_timestamps_use_the_lookup():
+    seen = {}
+
+    def lookup(bootstrap, topic, parts, at, high):
+        seen["at"] = at
+        return {0: 300, 1: 200, 2: 50}
+
+    rng = r("2026-11-21T00:00:00Z", "latest", lookup)
+    assert rng.start == {0: 300, 1: 200, 2: 50}
+    assert seen["at"] == 1795219200.0
+
+
+@pytest.mark.parametrize(
+    ("from_", "to", "message"),
+    [
+        ('{"0": 40}', "latest", r"60 record\(s\) were deleted by retention.*partition 0: 60 record"),
+        ('{"0": 400}', '{"0": 300}', "to is before from"),
+        ('{"7": 1}', "latest", r"unknown partition\(s\) \[7\]"),
+        ('{"0": 1', "latest", "malformed offsets JSON"),
+        ('{"0": -1}', "latest", "not a non-negative integer"),
+        ("yesterday", "latest", "expected earliest, latest, an ISO timestamp"),
+        ("2026-11-21T00:00:00", "latest", "no time zone"),
+        ("earliest", '{"1": 999}', "beyond the end"),
+    ],
+)
+def test_refusals(from_, to, message):
+    with pytest.raises(BackfillRefused, match=message):
+        r(from_, to)
+
+
+def test_parse_offsets_rejects_non_objects():
+    with pytest.raises(BackfillRefused):
+        parse_offsets("[1, 2]", "t")
+
+
+def test_clip_to_live_position():
+    rng = clip_to(r(), {0: 450, 1: 0})
+    assert rng.end == {0: 450, 1: 0, 2: 50}

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from riverdelta.listener import (
+    progress_record,
+    read_record,
+    summarize_exception,
+    terminated_record,
+    write_atomic,
+)
+
+pytestmark = pytest.mark.unit
+
+# StreamingQueryProgress.json of a Kafka -> foreachBatch query (Spark 4.1).
+PROGRESS = json.loads(
+    """{
+  "id" : "7d1f0a4e-3c55-4a8e-9d7e-1b2c3d4e5f60",
+  "runId" : "b2a9c1d0-5e4f-4a3b-8c7d-6e5f4a3b2c1d",
+  "name" : "riverdelta-orders-live",
+  "timestamp" : "2025-06-01T10:05:00.000Z",
+  "batchId" : 42,
+  "batchDuration" : 1834,
+  "numInputRows" : 250,
+  "inputRowsPerSecond" : 25.0,
+  "processedRowsPerSecond" : 136.31406761177754,
+  "durationMs" : {
+    "addBatch" : 1602, "commitOffsets" : 38, "getBatch" : 0, "latestOffset" : 12,
+    "queryPlanning" : 9, "triggerExecution" : 1834, "walCommit" : 41
+  },
+  "stateOperators" : [ ],
+  "sources" : [ {
+    "description" : "KafkaV2[Subscribe[orders]]",
+    "startOffset" : {"orders" : {"2" : 37, "1" : 35, "0" : 37}},
+    "endOffset" : {"orders" : {"2" : 120, "1" : 118, "0" : 121}},
+    "latestOffset" : {"orders" : {"2" : 120, "1" : 118, "0" : 121}},
+    "numInputRows" : 250,
+    "inputRowsPerSecond" : 25.0,
+    "processedRowsPerSecond" : 136.31406761177754,
+    "metrics" : {"avgOffsetsBehindLatest" : "0.0", "maxOffsetsBehindLatest" : "0", "minOffsetsBehindLatest" : "0"}
+  } ],
+  "sink" : {"description" : "ForeachBatchSink", "numOutputRows" : -1}
+}"""
+)
+
+
+def test_progress_record_from_spark_progress():
+    record = progress_record(PROGRESS, None)
+    assert record["batch_id"] == 42
+    assert record["timestamp"] == "2025-06-01T10:05:00.000Z"
+    assert record["input_rows_per_second"] == 25.0
+    assert record["processed_rows_per_second"] == pytest.approx(136.314, rel=1e-3)
+    assert record["num_input_rows"] == 250
+    assert record["query_id"] == "7d1f0a4e-3c55-4a8e-9d7e-1b2c3d4e5f60"
+    assert record["run_id"] == "b2a9c1d0-5e4f-4a3b-8c7d-6e5f4a3b2c1d"
+    assert record["last_exception"] is None
+    json.dumps(record, allow_nan=False)
+
+
+def test_progress_record_keeps_the_last_exception():
+    previous = {"batch_id": 41, "last_exception": "KafkaException: boom", "last_exception_at": 1.0}
+    record = progress_record(PROGRESS, previous)
+    assert record["last_exception"] == "KafkaException: boom"
+    assert record["last_exception_at"] == 1.0
+    assert record["batch_id"] == 42
+
+
+def test_progress_record_without_rates():
+    # Spark leaves NaN rates out of its JSON (first batch, empty trigger).
+    progress = {k: v for k, v in PROGRESS.items() if not k.endswith("RowsPerSecond")}
+    progress["numInputRows"] = 0
+    record = progress_record(progress, None)
+    assert record["input_rows_per_second"] is None
+    assert record["processed_rows_per_second"] is None
+    assert record["num_input_rows"] == 0
+    nan = progress_record({**PROGRESS, "inputRowsPerSecond": float("nan")}, None)
+    assert nan["input_rows_per_second"] is None
+
+
+# QueryTerminatedEvent.exception when a foreachBatch function raised (Spark 4.1, shortened).
+FOREACH_BATCH_FAILURE = (
+    "py4j.Py4JException: An exception was raised by the Python Proxy. Return Message: "
+    "Traceback (most recent call last):\n"
+    '  File ".venv/lib/python3.11/site-packages/pyspark/sql/utils.py", line 162, in call\n'
+    "    self.func(DataFrame(jdf, wrapped_session_jdf), batch_id)\n"
+    '  File "spark_apps/ingest.py", line 10, in <lambda>\n'
+    "ValueError: boom in batch 2\n"
+    "\n"
+    "\tat py4j.Protocol.getReturnValue(Protocol.java:476)\n"
+    "\tat py4j.reflection.PythonProxyHandler.invoke(PythonProxyHandler.java:108)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "summary"),
+    [
+        (FOREACH_BATCH_FAILURE, "ValueError: boom in batch 2"),
+        (
+            "org.apache.spark.SparkException: Job aborted.\n\tat org.apache.spark.x(X.scala:1)\n"
+            "Caused by: org.apache.kafka.common.errors.TimeoutException: Timeout of 60000ms expired\n"
+            "\tat org.apache.kafka.y(Y.java:2)",
+            "org.apache.kafka.common.errors.TimeoutException: Timeout of 60000ms expired",
+        ),
+        ("query stopped oddly", "query stopped oddly"),
+    ],
+)
+def test_summarize_exception(text, summary):
+    assert summarize_exception(text) == summary
+
+
+def test_terminated_record():
+    before = progress_record(PROGRESS, None)
+    failed = terminated_record(
+        before,
+        query_id=before["query_id"],
+        run_id=before["run_id"],
+        exception=FOREACH_BATCH_FAILURE,
+        now=100.0,
+    )
+    assert failed["last_exception"] == "ValueError: boom in batch 2"
+    assert failed["last_exception_detail"] == FOREACH_BATCH_FAILURE
+    assert failed["last_exception_at"] == 100.0
+    assert failed["terminated_at"] == 100.0
+    assert failed["batch_id"] == 42
+    clean = terminated_record(failed, query_id="q", run_id="r", exception=None, now=200.0)
+    assert clean["last_exception"] == "ValueError: boom in batch 2"
+    # The next run's progress keeps it too: on-call sees why the previous run died.
+    assert progress_record(PROGRESS, clean)["last_exception"] == "ValueError: boom in batch 2"
+    fresh = terminated_record(None, query_id="q", run_id="r", exception=None, now=1)
+    assert fresh["last_exception"] is None
+
+
+def test_write_atomic_round_trip(tmp_path):
+    path = tmp_path / "progress" / "orders.json"
+    write_atomic(path, {"batch_id": 1})
+    write_atomic(path, {"batch_id": 2})
+    assert read_record(path) == {"batch_id": 2}
+    assert [p.name for p in path.parent.iterdir()] == ["orders.json"]
+    assert read_record(tmp_path / "missing.json") is None
