@@ -76,7 +76,9 @@ def produce(stream: str, n: int, seed: int, **rates) -> dict:
     from riverdelta.registry import load_registry
     from riverdelta.settings import settings
 
-    return gen(load_registry().get(stream), n, bootstrap=settings().kafka_bootstrap, seed=seed, **rates)
+    return gen(
+        load_registry().get(stream), n, bootstrap=settings().kafka_bootstrap, seed=seed, **rates
+    )
 
 
 def test_deploy_watch_stop_restart(airflow_db, stream_registry, spark):
@@ -102,7 +104,11 @@ def test_deploy_watch_stop_restart(airflow_db, stream_registry, spark):
 
     # produce: lag falls to 0 with a small batch age.
     add(produce(name, 3000, seed=1, poison_rate=0.02, duplicate_rate=0.02))
-    report = wait_for(lambda: (r := status(name))["lag_records"] == 0 and r["last_batch_id"] is not None and r, 240, "lag 0")
+    report = wait_for(
+        lambda: (r := status(name))["lag_records"] == 0 and r["last_batch_id"] is not None and r,
+        240,
+        "lag 0",
+    )
     assert report["actual"] == "RUNNING" and report["last_batch_age_seconds"] < 60
 
     # stop: driver gone, desired STOPPED; lag is exact while stopped.

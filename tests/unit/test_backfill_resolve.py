@@ -12,7 +12,9 @@ MARKS = {0: (100, 500), 1: (0, 300), 2: (50, 50)}
 
 
 def r(from_="earliest", to="latest", lookup=None):
-    return resolve("t", "unused:0", from_, to, watermarks=MARKS, time_lookup=lookup or (lambda *a: {}))
+    return resolve(
+        "t", "unused:0", from_, to, watermarks=MARKS, time_lookup=lookup or (lambda *a: {})
+    )
 
 
 def test_earliest_to_latest():
@@ -42,7 +44,11 @@ def test_timestamps_use_the_lookup():
 @pytest.mark.parametrize(
     ("from_", "to", "message"),
     [
-        ('{"0": 40}', "latest", r"60 record\(s\) were deleted by retention.*partition 0: 60 record"),
+        (
+            '{"0": 40}',
+            "latest",
+            r"60 record\(s\) were deleted by retention.*partition 0: 60 record",
+        ),
         ('{"0": 400}', '{"0": 300}', "to is before from"),
         ('{"7": 1}', "latest", r"unknown partition\(s\) \[7\]"),
         ('{"0": 1', "latest", "malformed offsets JSON"),
