@@ -1,4 +1,4 @@
-"""Stream DAGs: one ``stream_<name>`` per stream in ``include/streams.yaml``.
+"""Airflow stream DAGs: one ``stream_<name>`` per stream in ``include/streams.yaml``.
 
 Each reconciles the stream's desired state every few minutes, checks lag and
 batch age against the stream's thresholds and announces new Delta versions as
