@@ -45,6 +45,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_down(args: argparse.Namespace) -> int:
     from riverdelta import airflow_stack, kafka_broker
 
+    from riverdelta import procs
+    from riverdelta.settings import settings
+
+    # Stream drivers and producers first, so nothing writes while the broker goes away.
+    for pid_file in sorted(settings().run_dir.glob("*.pid")):
+        name = pid_file.stem
+        if name.startswith(("stream-", "producer-")) and procs.stop(name, timeout=30):
+            print(f"down: stopped {name}")
     for comp in airflow_stack.stop():
         print(f"down: stopped airflow {comp}")
     if kafka_broker.stop():
@@ -128,6 +136,46 @@ def _cmd_control(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from riverdelta.demo import main as demo
+
+    return demo()
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    import json
+
+    from riverdelta.quality import ValidationFailedError, validate_table
+
+    try:
+        res = validate_table(args.table, full=args.full)
+    except ValidationFailedError as exc:
+        print(json.dumps(exc.result, indent=2, default=str))
+        print(f"riverdelta: validation failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+def _cmd_tables(args: argparse.Namespace) -> int:
+    import json
+
+    from riverdelta.read import tables_report
+
+    report = tables_report()
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    for t in report:
+        last = t.get("last_validation") or {}
+        print(
+            f"{t['table']:<34} latest v{t['latest_version']}  validated v{t['validated_version']}  "
+            f"rows {t['rows_latest']}/{t['rows_validated']}  last check "
+            f"{'ok' if last.get('success') else ('FAILED' if last else '-')}  {t['path']}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="riverdelta", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(action, help=text)
         p.add_argument("stream")
         p.set_defaults(func=_cmd_control)
+
+    p = sub.add_parser("demo", help="run the whole product on the embedded stack")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "validate", help="validate a table with its GX suite and publish it if it passes"
+    )
+    p.add_argument("table")
+    p.add_argument("--full", action="store_true", help="validate every row, not only the new ones")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("tables", help="tables with latest and validated versions, rows, last check")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_tables)
 
     p = sub.add_parser("up", help="start the embedded Kafka broker and Airflow (idempotent)")
     p.add_argument("--kafka-only", action="store_true", help="start only the broker and topics")

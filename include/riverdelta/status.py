@@ -47,6 +47,7 @@ def stream_status(stream: str, now: float | None = None) -> dict[str, Any]:
         "pid": dep.get("pid"),
         "app_id": dep.get("app_id") or dep.get("submission_id"),
         "log": dep.get("log"),
+        "started_at": dep.get("started_at"),
         "restarts_in_window": len([t for t in state.restarts if now - t < window]),
         "last_error": health.last_exception or state.last_error,
         "thresholds": dict(spec.health),
@@ -64,6 +65,10 @@ def breaches(report: dict[str, Any]) -> list[str]:
     if report["desired"] != ops.RUNNING:
         return []
     t = report["thresholds"]
+    started = report.get("started_at")
+    if started and time.time() - started < t["max_batch_age_seconds"]:
+        # A driver that has just (re)started has had no chance to commit a batch yet.
+        return []
     return check_thresholds(
         Health.from_dict(report), t["max_lag_seconds"], t["max_batch_age_seconds"]
     )
