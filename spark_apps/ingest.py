@@ -15,6 +15,14 @@ import sys
 from pathlib import Path
 
 
+MAX_METRICS_BUG_RESTARTS = 3
+
+
+def is_kafka_metrics_bug(message: str) -> bool:
+    """The Kafka source NPE of Spark 4.1.1-4.1.3 (SPARK-55271 / SPARK-57438)."""
+    return "scala.Option.get()" in message and "IterableOps.map" in message
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -66,17 +74,32 @@ def main(argv: list[str] | None = None) -> int:
 
         # Rates and the last exception for `riverdelta status`; lag itself comes from the checkpoint.
         spark.streams.addListener(make_progress_listener(progress_file(spec.name)))
-    query = start_query(
-        spark,
-        job,
-        starting=args.starting,
-        max_offsets_per_trigger=args.max_offsets_per_trigger,
-        trigger=args.trigger,
-    )
-    logging.getLogger("riverdelta.ingest").info(
-        "started %s (%s) app_id=%s checkpoint=%s", spec.name, args.mode, job.app_id, job.checkpoint
-    )
-    query.awaitTermination()
+    log = logging.getLogger("riverdelta.ingest")
+    for attempt in range(MAX_METRICS_BUG_RESTARTS + 1):
+        query = start_query(
+            spark,
+            job,
+            starting=args.starting,
+            max_offsets_per_trigger=args.max_offsets_per_trigger,
+            trigger=args.trigger,
+        )
+        log.info(
+            "started %s (%s) app_id=%s checkpoint=%s",
+            spec.name,
+            args.mode,
+            job.app_id,
+            job.checkpoint,
+        )
+        try:
+            query.awaitTermination()
+            break
+        except Exception as exc:  # StreamingQueryException; pyspark's class moved between versions
+            if not is_kafka_metrics_bug(str(exc)) or attempt == MAX_METRICS_BUG_RESTARTS:
+                raise
+            # SPARK-55271: after recovering a planned-but-uncommitted batch from the
+            # checkpoint, the Kafka source's progress metrics hit a null *after* the
+            # batch committed. Starting the query again plans the next batch normally.
+            log.warning("restarting the query after SPARK-55271 (Kafka source metrics NPE)")
     return 0
 
 
