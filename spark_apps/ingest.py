@@ -14,7 +14,6 @@ import logging
 import sys
 from pathlib import Path
 
-
 MAX_METRICS_BUG_RESTARTS = 3
 
 

@@ -43,9 +43,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    from riverdelta import airflow_stack, kafka_broker
-
-    from riverdelta import procs
+    from riverdelta import airflow_stack, kafka_broker, procs
     from riverdelta.settings import settings
 
     # Stream drivers and producers first, so nothing writes while the broker goes away.
