@@ -12,8 +12,8 @@ import sys
 import time
 from typing import Any
 
-PRODUCE_COUNT = 30_000
-PRODUCE_RATE = 150.0
+PRODUCE_COUNT = 12_000
+PRODUCE_RATE = 40.0
 
 
 def say(msg: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import signal
@@ -45,7 +46,8 @@ def _start_driver(registry, lake, stream: str, name: str):
 def _counted(spark, job) -> int:
     from pyspark.sql import functions as F
 
-    if not os.path.exists(job.batches_path):
+    # The table exists once its first commit file does (the directory comes earlier).
+    if not glob.glob(os.path.join(job.batches_path, "_delta_log", "*.json")):
         return 0
     return (
         read(spark, job.batches_path)
