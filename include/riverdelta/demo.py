@@ -109,7 +109,7 @@ def summary(streams: list[str]) -> str:
     for name in streams:
         r = stream_status(name)
         lines.append(
-            f"  {name}: {r['lag_records']} records, {r['lag_seconds']}s; last batch {r['last_batch_age_seconds']}s ago"
+            f"  {name}: {r['lag_records']} records, {r['lag_seconds']}s; last batch {r['last_batch_age_seconds'] or 0:.0f}s ago"
         )
     lines += [
         f"Data Docs: file://{data_docs_index()}",
