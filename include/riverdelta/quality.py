@@ -630,7 +630,9 @@ def check_reconcile_bronze(ctx: CheckContext) -> list[dict[str, Any]]:
     in_flight = {b for app, b in writers.items() if (app, b) not in recorded_keys}
     scope = {r[0] for r in ctx.df.select("batch_id").distinct().collect()} - in_flight
     if ctx.full:
-        scope |= {b for _, b in recorded_keys} - in_flight
+        # Only batches the pinned bronze version already holds: ingest_batches is read
+        # at its latest version and may already count batches committed after the pin.
+        scope |= {b for app, b in recorded_keys if b <= writers.get(app, -1)} - in_flight
     if not scope:
         return []
     failures: list[dict[str, Any]] = []
