@@ -23,19 +23,13 @@ def is_kafka_metrics_bug(message: str) -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from riverdelta.submit import add_ingest_arguments
+
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--stream", required=True)
-    p.add_argument("--mode", choices=["live", "replay"], default="live")
-    p.add_argument(
-        "--from",
-        dest="starting",
-        default=None,
-        help="earliest | latest | ISO timestamp | offsets JSON",
-    )
-    p.add_argument("--max-offsets-per-trigger", type=int, default=None)
-    p.add_argument("--checkpoint", default=None)
+    add_ingest_arguments(p)
     p.add_argument("--tables-root", default=None)
     p.add_argument(
         "--trigger", default=None, help="processing-time trigger for live mode, e.g. '5 seconds'"

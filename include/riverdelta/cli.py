@@ -175,6 +175,8 @@ def _cmd_tables(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from riverdelta.submit import add_ingest_arguments
+
     parser = argparse.ArgumentParser(prog="riverdelta", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -198,15 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a stream's ingest app in the foreground via spark-submit")
     p.add_argument("stream")
-    p.add_argument("--mode", choices=["live", "replay"], default="live")
-    p.add_argument(
-        "--from",
-        dest="starting",
-        default=None,
-        help="earliest | latest | ISO timestamp | offsets JSON",
-    )
-    p.add_argument("--max-offsets-per-trigger", type=int, default=None)
-    p.add_argument("--checkpoint", default=None)
+    add_ingest_arguments(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("status", help="desired vs actual state, lag, batch age, rates per stream")

@@ -36,6 +36,19 @@ def package_zip() -> Path:
     return out
 
 
+def add_ingest_arguments(parser) -> None:
+    """The ingest options shared by `riverdelta run` and `spark_apps/ingest.py`."""
+    parser.add_argument("--mode", choices=["live", "replay"], default="live")
+    parser.add_argument(
+        "--from",
+        dest="starting",
+        default=None,
+        help="earliest | latest | ISO timestamp | offsets JSON",
+    )
+    parser.add_argument("--max-offsets-per-trigger", type=int, default=None)
+    parser.add_argument("--checkpoint", default=None)
+
+
 def ingest_args(
     stream: str,
     mode: str,
