@@ -194,15 +194,17 @@ def new_silver_rows(
     return tagged.join(existing, on=idc, how="left_anti")
 
 
-def refresh_gold(spark: SparkSession, new_rows: DataFrame, job: IngestJob, batch_id: int) -> None:
+def refresh_gold(
+    spark: SparkSession, new_rows: DataFrame, bounds: tuple, job: IngestJob, batch_id: int
+) -> None:
     """Recompute, from silver, every gold window this batch touched, and upsert it.
 
     Recomputing from silver keeps gold exact (distinct counts included) and makes
-    late records land in their window instead of being dropped.
+    late records land in their window instead of being dropped. ``bounds`` is the
+    (min, max) event time of ``new_rows``.
     """
     spec = job.spec
     et = spec.event_time_column
-    bounds = new_rows.agg(F.min(et), F.max(et)).first()
     if bounds[0] is None:
         return
     silver = spark.read.format("delta").load(job.tables["silver"])
@@ -243,15 +245,15 @@ def process_batch(job: IngestJob, raw_df: DataFrame, batch_id: int) -> dict:
         silver_in = T.to_silver(valid, spec)
         n_valid = silver_in.count()
         new_rows = new_silver_rows(spark, T.dedupe_batch(silver_in, spec), job, batch_id).persist()
-        n_new = new_rows.count()
-        write_idempotent(new_rows, job.tables["silver"], job, batch_id)
-        refresh_gold(spark, new_rows, job, batch_id)
-
         et = spec.event_time_column
+        # One job for the count and the event-time bounds that gold and lateness both need.
+        n_new, batch_min, batch_max = new_rows.agg(F.count("*"), F.min(et), F.max(et)).first()
+        write_idempotent(new_rows, job.tables["silver"], job, batch_id)
+        refresh_gold(spark, new_rows, (batch_min, batch_max), job, batch_id)
+
         # The event-time high-water mark includes this batch, so whether a record
         # counts as late does not depend on how the topic was cut into batches.
         prev_max = _previous_max_event_time(spark, job, batch_id)
-        batch_max = new_rows.agg(F.max(et)).first()[0]
         hwm = max((t for t in (prev_max, batch_max) if t is not None), default=None)
         stats = new_rows.agg(
             F.sum(F.when(F.col("_extra").isNotNull(), 1).otherwise(0)).alias("drift"),
