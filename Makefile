@@ -35,8 +35,7 @@ demo: setup ## the main job on the embedded stack (README's first command)
 	@$(RD) demo
 
 test: setup lint ## lint, unit and integration tests (README's second command; CI runs this)
-	@bash scripts/run_tests.sh -m "not slow and not e2e" $(PYTEST_ARGS)
-	@bash scripts/run_tests.sh -m "e2e" --allow-empty $(PYTEST_ARGS)
+	@bash scripts/run_tests.sh -m "not slow" $(PYTEST_ARGS)
 
 test-unit: setup ## unit tests only
 	@bash scripts/run_tests.sh -m unit $(PYTEST_ARGS)
