@@ -44,13 +44,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parse_args(argv)
 
-    from riverdelta.ingest import kafka_starting_options, make_job, start_query
+    from riverdelta.ingest import kafka_starting_options, make_job, passed_until, start_query
     from riverdelta.registry import load_registry
 
     try:
         spec = load_registry(args.registry).get(args.stream)
         kafka_starting_options(args.starting)
-        job = make_job(spec, args.mode, checkpoint=args.checkpoint, tables_root=args.tables_root)
+        until = None
+        if args.until:
+            from riverdelta.backfill import parse_offsets
+
+            until = parse_offsets(args.until, spec.topic)
+        job = make_job(
+            spec,
+            args.mode,
+            checkpoint=args.checkpoint,
+            tables_root=args.tables_root,
+            until=until,
+            skip_present=args.skip_present,
+        )
     except ValueError as exc:
         print(f"ingest: error: {exc}", file=sys.stderr)
         return 2
@@ -84,7 +96,15 @@ def main(argv: list[str] | None = None) -> int:
             job.checkpoint,
         )
         try:
-            query.awaitTermination()
+            if job.until is None:
+                query.awaitTermination()
+            else:
+                # AvailableNow would read on to the topic's end; a range stops at its own.
+                while not query.awaitTermination(2):
+                    if passed_until(query, job):
+                        log.info("reached the end offsets %s: stopping", job.until)
+                        query.stop()
+                        break
             break
         except Exception as exc:  # StreamingQueryException; pyspark's class moved between versions
             if not is_kafka_metrics_bug(str(exc)) or attempt == MAX_METRICS_BUG_RESTARTS:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -209,12 +210,23 @@ def _lock_path(stream: str) -> Path:
     return Path(ops_path("locks")) / f"backfill-{stream}.json"
 
 
-def acquire_lock(stream: str, run_id: str, is_active=None) -> None:
+LOCK_LEASE_SECONDS = 600.0
+
+
+def _read_lock(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def acquire_lock(stream: str, run_id: str, lease: float = LOCK_LEASE_SECONDS) -> None:
     """Refuse a second backfill of the same stream while one runs.
 
-    A lock spans several Airflow tasks (separate processes), so it is keyed by run
-    id; ``is_active(run_id)`` tells whether its holder still runs (stale locks are
-    taken over). Without it, a lock whose holder process is gone counts as stale.
+    A backfill spans several Airflow tasks (separate processes, possibly separate
+    workers), so the lock is keyed by run id and kept alive by ``heartbeat``; a
+    lock whose heartbeat is older than ``lease`` seconds belongs to a run that died
+    without releasing it and is taken over.
     """
     path = _lock_path(stream)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,28 +235,386 @@ def acquire_lock(stream: str, run_id: str, is_active=None) -> None:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            held = json.loads(path.read_text() or "{}")
+            held = _read_lock(path)
             if held.get("run_id") == run_id:
+                heartbeat(stream, run_id)
                 return
-            stale = (
-                not is_active(held.get("run_id"))
-                if is_active is not None
-                else held.get("host") == mine["host"]
-                and not Path(f"/proc/{held.get('pid')}").exists()
-            )
-            if stale:
+            age = time.time() - float(held.get("heartbeat", 0))
+            if age > lease:
                 path.unlink(missing_ok=True)  # its holder died without releasing it
                 continue
             raise BackfillRefused(
-                f"a backfill of {stream} is already running (run {held.get('run_id')}, pid "
-                f"{held.get('pid')} on {held.get('host')}); wait for it to finish or fail"
+                f"a backfill of {stream} is already running (run {held.get('run_id')}, last "
+                f"heartbeat {age:.0f}s ago); wait for it to finish or fail"
             ) from None
         with os.fdopen(fd, "w") as fh:
-            json.dump(mine, fh)
+            json.dump({**mine, "heartbeat": time.time()}, fh)
         return
+
+
+def heartbeat(stream: str, run_id: str) -> None:
+    path = _lock_path(stream)
+    held = _read_lock(path)
+    if held.get("run_id") == run_id:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**held, "heartbeat": time.time()}))
+        tmp.replace(path)
 
 
 def release_lock(stream: str, run_id: str) -> None:
     path = _lock_path(stream)
-    if path.exists() and json.loads(path.read_text() or "{}").get("run_id") == run_id:
+    if path.exists() and _read_lock(path).get("run_id") == run_id:
         path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- the run
+#
+# A backfill is four steps, each an Airflow task (a plan dict travels between them):
+# plan (resolve + refuse + lock) -> replay (spark-submit, AvailableNow, own checkpoint)
+# -> audit (rebuild: validate the fresh tables, unpublished) -> hand_over (rebuild:
+# move the live stream onto the fresh tables and checkpoint, validate, publish all).
+# The last step of a mode records the outcome in the ops history and releases the lock;
+# any failing step does the same with outcome=failed.
+
+PARAMS = ("mode", "from", "to", "max_offsets_per_trigger", "dry_run")
+
+
+def _spec(stream: str):
+    from riverdelta.registry import load_registry
+
+    return load_registry().get(stream)
+
+
+def _bootstrap() -> str:
+    from riverdelta.settings import settings
+
+    return settings().kafka_bootstrap
+
+
+def _tag(run_id: str) -> str:
+    """A short, path-safe id of the run, plus uniqueness for reruns of the same run id."""
+    import hashlib
+
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{hashlib.sha1(run_id.encode()).hexdigest()[:6]}"
+
+
+def check_params(mode: str, from_: str, to: str, max_offsets: Any) -> int | None:
+    if mode not in MODES:
+        raise BackfillRefused(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+    if mode == "rebuild" and ((from_ or "earliest") != "earliest" or (to or "latest") != "latest"):
+        raise BackfillRefused(
+            "rebuild replays every retained record into fresh tables: from must be 'earliest' and "
+            "to 'latest'. To re-ingest part of the topic into the live tables, use mode=range."
+        )
+    if max_offsets in (None, "", 0):
+        return None
+    try:
+        limit = int(max_offsets)
+    except (TypeError, ValueError):
+        raise BackfillRefused(f"max offsets per trigger {max_offsets!r} is not a number") from None
+    if limit < 1:
+        raise BackfillRefused(f"max offsets per trigger must be positive, got {limit}")
+    return limit
+
+
+def plan(
+    stream: str,
+    *,
+    mode: str,
+    from_: str = "earliest",
+    to: str = "latest",
+    max_offsets_per_trigger: Any = None,
+    dry_run: bool = False,
+    run_id: str,
+    actor: str = "",
+) -> dict[str, Any]:
+    """Resolve the request into offsets, refuse what cannot be honoured, take the lock.
+
+    Refusals raise ``BackfillRefused`` before any table is touched, and are recorded
+    in the ops history with their reason.
+    """
+    from riverdelta import ops
+    from riverdelta.lake import checkpoint_path, lake_root, live_checkpoint, stream_location
+
+    try:
+        spec = _spec(stream)
+        limit = check_params(mode, from_, to, max_offsets_per_trigger)
+        rng = resolve(spec.topic, _bootstrap(), from_, to)
+        clipped = None
+        if mode == "range":
+            # The live stream ingests what it has not committed yet; replaying beyond its
+            # committed offsets would write those records twice.
+            from riverdelta.health import read_checkpoint
+
+            state = read_checkpoint(live_checkpoint(spec.name), spec.topic)
+            committed = dict(state.end_offsets) if state else {}
+            bounded = clip_to(rng, committed)
+            if bounded.end != rng.end:
+                clipped = {"requested_end": {str(p): o for p, o in rng.end.items()}}
+            rng = bounded
+        rng = with_time_span(rng, _bootstrap())
+    except BackfillRefused as exc:
+        ops.record(stream, "backfill", outcome="refused", actor=actor, mode=mode, reason=str(exc))
+        raise
+    tag = _tag(run_id)
+    if mode == "rebuild":
+        tables_root = f"{lake_root().rstrip('/')}/tables@{tag}"
+        checkpoint = checkpoint_path(spec.name, f"rebuild-{tag}")
+    else:
+        tables_root = stream_location(spec.name)["tables_root"]
+        checkpoint = checkpoint_path(spec.name, f"range-{tag}")
+    result = {
+        "stream": spec.name,
+        "mode": mode,
+        "run_id": run_id,
+        "actor": actor,
+        "dry_run": bool(dry_run),
+        "request": {"from": from_, "to": to, "max_offsets_per_trigger": limit},
+        "range": rng.to_dict(),
+        "clipped_to_live": clipped,
+        "tables_root": tables_root,
+        "checkpoint": checkpoint,
+        "planned_at": time.time(),
+    }
+    if dry_run:
+        ops.record(spec.name, "backfill", outcome="dry_run", actor=actor, **_summary(result))
+        return result
+    try:
+        acquire_lock(spec.name, run_id)
+    except BackfillRefused as exc:
+        ops.record(
+            spec.name, "backfill", outcome="refused", actor=actor, mode=mode, reason=str(exc)
+        )
+        raise
+    ops.record(spec.name, "backfill_planned", actor=actor, **_summary(result))
+    return result
+
+
+def _summary(p: dict[str, Any]) -> dict[str, Any]:
+    rng = p["range"]
+    return {
+        "mode": p["mode"],
+        "run_id": p["run_id"],
+        "partitions": rng["partitions"],
+        "start": rng["start"],
+        "end": rng["end"],
+        "records": rng["records"],
+        "first_timestamp": rng.get("first_timestamp"),
+        "last_timestamp": rng.get("last_timestamp"),
+        "clipped_to_live": p.get("clipped_to_live"),
+        "tables_root": p["tables_root"],
+    }
+
+
+def describe(p: dict[str, Any]) -> str:
+    """The dry-run report an on-call engineer reads."""
+    from datetime import UTC
+
+    rng = p["range"]
+
+    def when(t: float | None) -> str:
+        return datetime.fromtimestamp(t, UTC).isoformat() if t else "-"
+
+    lines = [
+        f"{p['mode']} backfill of {p['stream']} ({rng['topic']}): {rng['records']} record(s), "
+        f"event times {when(rng.get('first_timestamp'))} .. {when(rng.get('last_timestamp'))}"
+    ]
+    for part in rng["partitions"]:
+        s, e = rng["start"][str(part)], rng["end"][str(part)]
+        lines.append(f"  partition {part}: offsets [{s}, {e}) = {max(0, e - s)} record(s)")
+    if p.get("clipped_to_live"):
+        lines.append(
+            "  (end clipped to the live stream's committed offsets; it ingests the rest itself)"
+        )
+    lines.append(f"  into {p['tables_root']}")
+    return "\n".join(lines)
+
+
+def finish(p: dict[str, Any], outcome: str, **detail: Any) -> None:
+    from riverdelta import ops
+
+    ops.record(
+        p["stream"], "backfill", outcome=outcome, actor=p.get("actor", ""), **_summary(p), **detail
+    )
+    release_lock(p["stream"], p["run_id"])
+
+
+def _batch_counts(app_id: str) -> dict[str, Any]:
+    """Totals of the ingest_batches rows one replay wrote."""
+    from deltalake import DeltaTable
+
+    from riverdelta.ingest import BATCHES_TABLE
+    from riverdelta.lake import ops_path
+
+    path = ops_path(BATCHES_TABLE)
+    if not DeltaTable.is_deltatable(path):
+        return {}
+    rows = [r for r in DeltaTable(path).to_pyarrow_table().to_pylist() if r["app_id"] == app_id]
+    keys = ("records_in", "silver", "duplicates", "quarantined", "already_present", "resolved")
+    totals: dict[str, Any] = {k: sum(int(r.get(k) or 0) for r in rows) for k in keys}
+    totals["batches"] = len(rows)
+    return totals
+
+
+def replay(p: dict[str, Any]) -> dict[str, Any]:
+    """Run the ingest app with ``Trigger.AvailableNow`` over the planned range (foreground)."""
+    import subprocess
+    import threading
+
+    from riverdelta.airflow_stack import ensure_airflow_env
+    from riverdelta.procs import tail
+    from riverdelta.settings import settings
+    from riverdelta.submit import build_command, ingest_args, submit_env
+
+    rng = OffsetRange.from_dict(p["range"])
+    started = time.time()
+    if rng.records == 0:
+        return {"records": 0, "seconds": 0.0, "rows_per_second": None, "counts": {}}
+    ensure_airflow_env()
+    args = ingest_args(
+        p["stream"],
+        "replay",
+        starting=rng.starting_offsets_json(),
+        max_offsets_per_trigger=p["request"].get("max_offsets_per_trigger"),
+        checkpoint=p["checkpoint"],
+        tables_root=p["tables_root"],
+        until=rng.ending_offsets_json() if p["mode"] == "range" else None,
+        skip_present=p["mode"] == "range",
+    )
+    cmd = build_command(args, name=f"riverdelta-{p['stream']}-backfill")
+    log_file = settings().log_dir / f"backfill-{p['stream']}-{Path(p['checkpoint']).name}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    done = threading.Event()
+
+    def keep_lock() -> None:
+        while not done.wait(30):
+            heartbeat(p["stream"], p["run_id"])
+
+    threading.Thread(target=keep_lock, daemon=True).start()
+    try:
+        with log_file.open("ab") as out:
+            rc = subprocess.run(
+                cmd, env=submit_env(), stdout=out, stderr=subprocess.STDOUT
+            ).returncode
+    finally:
+        done.set()
+    if rc != 0:
+        raise RuntimeError(
+            f"the replay driver exited with {rc}; log {log_file}:\n{tail(log_file, 40)}"
+        )
+    seconds = time.time() - started
+    app_id = json.loads((Path(p["checkpoint"]) / "_riverdelta.json").read_text())["app_id"]
+    counts = _batch_counts(app_id)
+    # Rows per second over what the replay read (skipped records included: it read them).
+    read = counts.get("records_in", 0) + counts.get("already_present", 0)
+    return {
+        "records": rng.records,
+        "seconds": round(seconds, 1),
+        "rows_per_second": round(read / seconds, 1) if seconds else None,
+        "app_id": app_id,
+        "log": str(log_file),
+        "counts": counts,
+    }
+
+
+def audit(p: dict[str, Any]) -> dict[str, int]:
+    """Validate every fresh table of a rebuild with its suite; publish nothing yet."""
+    from riverdelta.lake import TableSet
+    from riverdelta.quality import validate_table
+
+    spec = _spec(p["stream"])
+    tables = TableSet.for_stream(spec, p["tables_root"])
+    versions = {}
+    for layer, table in spec.table_names().items():
+        heartbeat(p["stream"], p["run_id"])
+        result = validate_table(table, path=tables[layer], full=True, publish_on_pass=False)
+        versions[table] = result["to_version"]
+    return versions
+
+
+def _wait(predicate, timeout: float, what: str, stream: str, run_id: str, interval: float = 2.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:.0f}s")
+        heartbeat(stream, run_id)
+        time.sleep(interval)
+
+
+def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0) -> dict[str, Any]:
+    """Move the live stream onto the rebuilt tables; validate and publish them together.
+
+    The live driver is stopped (it finishes nothing half-way: every batch is
+    idempotent), the stream's location is switched to the fresh tables and the
+    replay's checkpoint, and a live driver starts on that checkpoint: it continues
+    from the replay's end offsets, so nothing is skipped or doubled. Readers keep
+    reading the old tables' validated versions until every fresh table is validated
+    up to the live position, then all pointers move at once.
+    """
+    from riverdelta import control, ops
+    from riverdelta.health import read_checkpoint, watermarks
+    from riverdelta.lake import TableSet, set_stream_location
+    from riverdelta.quality import publish_many, validate_table
+
+    stream = p["stream"]
+    spec = _spec(stream)
+    state = ops.load_state(stream)
+    should_run = state.desired == ops.RUNNING
+    replay_end = read_checkpoint(p["checkpoint"], spec.topic)
+    replay_batch = replay_end.last_committed_batch if replay_end else None
+    replay_batch = -1 if replay_batch is None else replay_batch
+    state.paused_by = p["run_id"]  # reconcile leaves the stream alone meanwhile
+    ops.save_state(state)
+    paused_at = time.time()
+    try:
+        was_running = control._stop_deployment(state)
+        # Stop position of the old driver: the new one must get at least this far.
+        target = {p_: hi for p_, (_, hi) in watermarks(_bootstrap(), spec.topic).items()}
+        set_stream_location(stream, p["tables_root"], p["checkpoint"], by=p["run_id"])
+        state.announced_versions = {}  # versions of the new tables start afresh
+        resumed_at = None
+        if should_run:
+            state.deployment = control.launch(stream)
+            ops.save_state(state)
+
+            def first_batch():
+                cp = read_checkpoint(p["checkpoint"], spec.topic)
+                return cp is not None and (cp.last_committed_batch or -1) > replay_batch
+
+            _wait(first_batch, timeout, "the first live batch after hand-over", stream, p["run_id"])
+            resumed_at = time.time()
+
+            def caught_up():
+                cp = read_checkpoint(p["checkpoint"], spec.topic)
+                ends = dict(cp.end_offsets) if cp else {}
+                return all(ends.get(part, -1) >= off for part, off in target.items())
+
+            _wait(caught_up, timeout, "the live stream catching up", stream, p["run_id"])
+    finally:
+        state.paused_by = None
+        ops.save_state(state)
+    tables = TableSet.for_stream(spec, p["tables_root"])
+    entries = {}
+    for layer, table in spec.table_names().items():
+        heartbeat(stream, p["run_id"])
+        result = validate_table(
+            table, path=tables[layer], publish_on_pass=False, since_version=audited.get(table)
+        )
+        entries[table] = (tables[layer], result["to_version"])
+    publish_many(entries, by=p["run_id"])
+    ops.record(
+        stream,
+        "restart" if should_run else "relocate",
+        actor=p.get("actor", ""),
+        reason="backfill hand-over",
+        tables_root=p["tables_root"],
+        checkpoint=p["checkpoint"],
+    )
+    return {
+        "was_running": was_running,
+        "live_paused_seconds": round(resumed_at - paused_at, 1) if resumed_at else None,
+        "published": {t: v for t, (_, v) in entries.items()},
+    }

@@ -73,7 +73,13 @@ def launch(stream: str) -> dict[str, Any]:
 
     spec = _spec(stream)
     ensure_airflow_env()  # the hook resolves the Spark connection from AIRFLOW_CONN_SPARK_DEFAULT
-    cmd = build_command(ingest_args(spec.name, "live"), name=f"riverdelta-{spec.name}-live")
+    from riverdelta.lake import stream_location
+
+    where = stream_location(spec.name)
+    args = ingest_args(
+        spec.name, "live", checkpoint=where["checkpoint"], tables_root=where["tables_root"]
+    )
+    cmd = build_command(args, name=f"riverdelta-{spec.name}-live")
     log = settings().log_dir / f"stream-{spec.name}.log"
     dep = _launcher().launch(spec.name, cmd, submit_env(), log)
     return dep.to_dict()
@@ -96,6 +102,7 @@ def deploy(stream: str, actor: str = "") -> dict[str, Any]:
     state.desired, state.desired_at, state.desired_by = ops.RUNNING, time.time(), actor
     # An operator's deploy is the acknowledgement that ends a crash loop.
     state.crash_loop, state.restarts, state.last_error = False, [], None
+    state.paused_by = None  # nor does a hand-over that died half-way keep it paused
     started = False
     if actual_state(state) != "RUNNING":
         state.deployment = launch(stream)
@@ -153,6 +160,11 @@ def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[st
             result["action"] = "stopped"
         return result
 
+    if state.paused_by:
+        # A rebuild is switching the stream to its new tables; acting now would race it.
+        result.update(action="none", reason=f"hand-over in progress ({state.paused_by})")
+        return result
+
     if state.crash_loop:
         raise CrashLoopError(_crash_loop_message(spec, state))
 
@@ -167,10 +179,10 @@ def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[st
     if actual != "RUNNING":
         reason = "driver dead"
     else:
-        from riverdelta.lake import checkpoint_path
+        from riverdelta.lake import live_checkpoint
 
         health = compute_health(
-            checkpoint_path(spec.name, "live"), settings().kafka_bootstrap, spec.topic, now=now
+            live_checkpoint(spec.name), settings().kafka_bootstrap, spec.topic, now=now
         )
         if is_stuck(health, spec.health["max_batch_age_seconds"]):
             reason = f"stuck: last batch {health.last_batch_age_seconds:.0f}s ago while lag is {health.lag_records}"

@@ -8,6 +8,8 @@ trigger form (deploy / stop / restart / reconcile).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -98,3 +100,143 @@ def stream_dag(spec: StreamSpec) -> DAG:
 
 def stream_dags() -> dict[str, DAG]:
     return {f"stream_{s.name}": stream_dag(s) for s in load_registry().streams.values()}
+
+
+# --------------------------------------------------------------------------- backfills
+
+
+@contextmanager
+def _recording_failure(plan: dict[str, Any], step: str) -> Iterator[None]:
+    """A failing step ends the backfill: outcome in the ops history, lock released."""
+    from riverdelta import backfill
+
+    try:
+        yield
+    except Exception as exc:
+        backfill.finish(plan, "failed", step=step, error=str(exc)[:2000])
+        raise
+
+
+def _skip(why: str) -> None:
+    from airflow.exceptions import AirflowSkipException
+
+    raise AirflowSkipException(why)
+
+
+def backfill_dag(spec: StreamSpec) -> DAG:
+    name = spec.name
+    with DAG(
+        dag_id=f"backfill_{name}",
+        schedule=None,
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        tags=["riverdelta", "backfill", name],
+        params={
+            "mode": Param(
+                "range",
+                enum=["range", "rebuild"],
+                description="range: re-ingest an offset/time range into the live tables, skipping "
+                "records already there. rebuild: replay the whole topic into fresh tables, "
+                "validate, publish and move the live stream onto them.",
+            ),
+            "from": Param(
+                "earliest",
+                type="string",
+                description='earliest | ISO timestamp with zone (2026-11-21T10:00:00Z) | offsets JSON {"0": 42}',
+            ),
+            "to": Param(
+                "latest",
+                type="string",
+                description="latest | ISO timestamp | offsets JSON (exclusive); range mode clips it "
+                "to the live stream's committed offsets",
+            ),
+            "max_offsets_per_trigger": Param(
+                None,
+                type=["null", "integer"],
+                minimum=1,
+                description="rate limit: records per micro-batch of the replay (empty: no limit)",
+            ),
+            "dry_run": Param(
+                False,
+                type="boolean",
+                description="only report partitions, offset ranges, record count and time span",
+            ),
+        },
+        default_args={"retries": 0, "on_failure_callback": page},
+        doc_md=(
+            f"### Backfill `{name}`\n\nTrigger with the form. Every run resolves the request into "
+            "offsets per partition first (and refuses, before any write, what cannot be honoured: "
+            "offsets lost to retention, to before from, unknown partitions, bad JSON, a backfill "
+            f"already running), then replays topic `{spec.topic}` with `Trigger.AvailableNow` "
+            "and its own checkpoint through the live stream's transforms. `range` writes into "
+            "the live tables beside the running stream; `rebuild` builds fresh tables, validates "
+            "them, moves the live stream onto them (its pause is reported) and publishes them "
+            "together. Outcome, range and counts land in the ops history."
+        ),
+    ) as dag:
+
+        @task(task_id="resolve_range")
+        def resolve_range(**context: Any) -> dict[str, Any]:
+            from riverdelta import backfill
+
+            p = context["params"]
+            plan = backfill.plan(
+                name,
+                mode=p["mode"],
+                from_=p["from"],
+                to=p["to"],
+                max_offsets_per_trigger=p["max_offsets_per_trigger"],
+                dry_run=p["dry_run"],
+                run_id=context["run_id"],
+                actor=_actor(context),
+            )
+            print(backfill.describe(plan))
+            return plan
+
+        @task(task_id="replay_range")
+        def replay_range(plan: dict[str, Any]) -> dict[str, Any]:
+            from riverdelta import backfill
+
+            if plan["dry_run"]:
+                _skip("dry run: nothing replayed")
+            with _recording_failure(plan, "replay"):
+                result = backfill.replay(plan)
+            if plan["mode"] == "range":
+                backfill.finish(plan, "ok", replay=result)
+            return result
+
+        @task(task_id="audit_tables", trigger_rule="none_failed")
+        def audit_tables(plan: dict[str, Any]) -> dict[str, int]:
+            from riverdelta import backfill
+
+            if plan["dry_run"] or plan["mode"] != "rebuild":
+                _skip("only a rebuild audits fresh tables")
+            with _recording_failure(plan, "audit"):
+                return backfill.audit(plan)
+
+        @task(task_id="hand_over", trigger_rule="none_failed")
+        def hand_over(plan: dict[str, Any], **context: Any) -> dict[str, Any]:
+            from riverdelta import backfill
+
+            if plan["dry_run"] or plan["mode"] != "rebuild":
+                _skip("only a rebuild hands over")
+            ti = context["ti"]
+            audited = ti.xcom_pull(task_ids="audit_tables") or {}
+            with _recording_failure(plan, "hand_over"):
+                result = backfill.hand_over(plan, audited)
+            backfill.finish(
+                plan, "ok", replay=ti.xcom_pull(task_ids="replay_range"), hand_over=result
+            )
+            return result
+
+        planned = resolve_range()
+        replayed = replay_range(planned)
+        audited = audit_tables(planned)
+        handed = hand_over(planned)
+        replayed >> audited >> handed
+    return dag
+
+
+def backfill_dags() -> dict[str, DAG]:
+    return {f"backfill_{s.name}": backfill_dag(s) for s in load_registry().streams.values()}

@@ -5,11 +5,22 @@ Layout under the lake root (a local path, or ``s3a://`` in the distributed setup
     tables/<table>/            Delta tables of the live stream
     _checkpoints/<stream>/<mode>/   Structured Streaming checkpoints
     _ops/<table>/              bookkeeping Delta tables (ingest batches, ops history)
+    _ops/locations/<stream>.json   where the stream's live tables and checkpoint are
+
+A stream's live tables start under ``tables/``; a ``rebuild`` backfill replays into
+a fresh root (``tables@<run>/``) and, at hand-over, moves the stream's location
+there. Everything that needs "the live tables" asks ``stream_location``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from riverdelta.settings import settings
 
@@ -34,6 +45,45 @@ def ops_path(table: str, root: str | None = None) -> str:
     return _join(root or lake_root(), "_ops", table)
 
 
+def _location_file(stream: str) -> Path:
+    return Path(ops_path("locations")) / f"{stream}.json"
+
+
+def stream_location(stream: str) -> dict[str, Any]:
+    """``{tables_root, checkpoint, ...}`` of the stream's live tables (defaults until a rebuild)."""
+    path = _location_file(stream)
+    if path.exists():
+        return json.loads(path.read_text())
+    return {
+        "stream": stream,
+        "tables_root": _join(lake_root(), "tables"),
+        "checkpoint": checkpoint_path(stream, "live"),
+    }
+
+
+def set_stream_location(stream: str, tables_root: str, checkpoint: str, by: str) -> dict[str, Any]:
+    """Move the stream's live location (write + rename: readers see old or new)."""
+    current = stream_location(stream)
+    doc = {
+        "stream": stream,
+        "tables_root": tables_root,
+        "checkpoint": checkpoint,
+        "since": time.time(),
+        "by": by,
+        "previous": {k: current[k] for k in ("tables_root", "checkpoint")},
+    }
+    target = _location_file(stream)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{stream}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(target)
+    return doc
+
+
+def live_checkpoint(stream: str) -> str:
+    return stream_location(stream)["checkpoint"]
+
+
 @dataclass(frozen=True)
 class TableSet:
     """Physical locations of one stream's tables (live, or a rebuild's fresh set)."""
@@ -46,7 +96,7 @@ class TableSet:
 
     @classmethod
     def for_stream(cls, spec, tables_root: str | None = None) -> TableSet:
-        root = tables_root or _join(lake_root(), "tables")
+        root = tables_root or stream_location(spec.name)["tables_root"]
         return cls(
             spec.name, {layer: _join(root, name) for layer, name in spec.table_names().items()}
         )

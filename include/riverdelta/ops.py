@@ -37,6 +37,7 @@ class StreamState:
     crash_loop: bool = False
     last_error: str | None = None
     announced_versions: dict[str, int] = field(default_factory=dict)
+    paused_by: str | None = None  # a backfill hand-over owns the stream for now
     updated_at: float = 0.0
 
 

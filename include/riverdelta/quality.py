@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from riverdelta.lake import TableSet, ops_path, table_path
+from riverdelta.lake import TableSet, ops_path
 from riverdelta.settings import PROJECT_ROOT, settings
 
 if TYPE_CHECKING:
@@ -90,10 +90,11 @@ APPEND_ONLY_LAYERS = ("bronze", "silver", "quarantine")
 
 BRONZE_COLUMNS = (
     "key", "value", "topic", "partition", "offset", "kafka_timestamp", "batch_id", "ingested_at",
+    "app_id",
 )  # fmt: skip
 QUARANTINE_COLUMNS = (
     "key", "value", "topic", "partition", "offset", "kafka_timestamp",
-    "reason", "detail", "resolved", "resolved_at", "batch_id",
+    "reason", "detail", "resolved", "resolved_at", "resolved_by", "batch_id",
 )  # fmt: skip
 SILVER_EXTRA_COLUMNS = (
     "_extra", "topic", "partition", "offset", "kafka_timestamp", "_app_id", "_batch_id",
@@ -145,7 +146,7 @@ def resolve_table(table: str, path: str | None = None) -> TableRef:
     for spec in registry.streams.values():
         for layer, name in spec.table_names().items():
             if name == table:
-                return TableRef(table, spec, layer, path or table_path(table))
+                return TableRef(table, spec, layer, path or TableSet.for_stream(spec)[layer])
     known = sorted(n for s in registry.streams.values() for n in s.table_names().values())
     raise KeyError(f"unknown table {table!r}; known tables: {', '.join(known)}")
 
@@ -274,10 +275,10 @@ def _publications_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def _file_lock(path: Path, shared: bool = False) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -293,10 +294,39 @@ def publication(table: str) -> dict[str, Any] | None:
 
 
 def publications() -> dict[str, dict[str, Any]]:
+    """Every table's pointer, read as one snapshot (a multi-table publish is never half-seen)."""
     folder = _publications_dir()
     if not folder.exists():
         return {}
-    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    with _file_lock(folder / ".lock", shared=True):
+        return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+def _write_publication(
+    folder: Path, table: str, version: int, path: str, by: str, force: bool
+) -> dict[str, Any]:
+    current = publication(table)
+    if current and not force and current["path"] == path and current["validated_version"] > version:
+        raise ValueError(
+            f"{table}: validated version is already {current['validated_version']}; "
+            f"refusing to move it back to {version} (force=True to do so)"
+        )
+    doc = {
+        "table": table,
+        "path": path,
+        "validated_version": int(version),
+        "published_at": datetime.now(UTC).isoformat(),
+        "by": by,
+        "previous": (
+            {"path": current["path"], "validated_version": current["validated_version"]}
+            if current
+            else None
+        ),
+    }
+    tmp = folder / f".{table}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp"
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    tmp.replace(folder / f"{table}.json")
+    return doc
 
 
 def publish(
@@ -307,37 +337,25 @@ def publish(
     Refuses to move it backwards on the same path (a slow run finishing after a
     newer one) unless ``force``.
     """
-    path = path or table_path(table)
+    return publish_many({table: (path or resolve_table(table).path, version)}, by=by, force=force)[
+        table
+    ]
+
+
+def publish_many(
+    entries: dict[str, tuple[str, int]], *, by: str = "", force: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Move several tables' pointers under one exclusive lock (a rebuild's hand-over).
+
+    Each file is replaced atomically and ``publications()`` reads under the shared
+    lock, so a reader of several tables sees all old or all new pointers.
+    """
     folder = _publications_dir()
     with _file_lock(folder / ".lock"):
-        current = publication(table)
-        if (
-            current
-            and not force
-            and current["path"] == path
-            and current["validated_version"] > version
-        ):
-            raise ValueError(
-                f"{table}: validated version is already {current['validated_version']}; "
-                f"refusing to move it back to {version} (force=True to do so)"
-            )
-        doc = {
-            "table": table,
-            "path": path,
-            "validated_version": int(version),
-            "published_at": datetime.now(UTC).isoformat(),
-            "by": by,
-            "previous": (
-                {"path": current["path"], "validated_version": current["validated_version"]}
-                if current
-                else None
-            ),
+        return {
+            table: _write_publication(folder, table, version, path, by, force)
+            for table, (path, version) in entries.items()
         }
-        target = folder / f"{table}.json"
-        tmp = folder / f".{table}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp"
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
-        tmp.replace(target)
-    return doc
 
 
 # --------------------------------------------------------------------------- history
@@ -624,8 +642,9 @@ def check_reconcile_bronze(ctx: CheckContext) -> list[dict[str, Any]]:
     writers = _writer_versions(ref.path, ctx.version, app_ids)
     recorded = batches.where(F.col("app_id").isin(list(writers)) if writers else F.lit(False))
     recorded_rows = recorded.select(
-        "app_id", "batch_id", "records_in", "bronze", "silver", "duplicates", "quarantined"
-    ).collect()
+        "app_id", "batch_id", "records_in", "bronze", "silver", "duplicates", "quarantined",
+        F.col("resolved") if "resolved" in recorded.columns else F.lit(0).alias("resolved"),
+    ).collect()  # fmt: skip
     recorded_keys = {(r["app_id"], r["batch_id"]) for r in recorded_rows}
     in_flight = {b for app, b in writers.items() if (app, b) not in recorded_keys}
     scope = {r[0] for r in ctx.df.select("batch_id").distinct().collect()} - in_flight
@@ -641,7 +660,9 @@ def check_reconcile_bronze(ctx: CheckContext) -> list[dict[str, Any]]:
         for r in recorded_rows
         if r["batch_id"] in scope
         and (
-            r["records_in"] != r["silver"] + r["duplicates"] + r["quarantined"]
+            # Quarantined records a range backfill resolved re-enter as silver or duplicates.
+            r["records_in"] + (r["resolved"] or 0)
+            != r["silver"] + r["duplicates"] + r["quarantined"]
             or r["bronze"] != r["records_in"]
         )
     ]
@@ -650,7 +671,7 @@ def check_reconcile_bronze(ctx: CheckContext) -> list[dict[str, Any]]:
             _check_failure(
                 "reconcile_bronze",
                 None,
-                f"{len(bad_identity)} batch(es) where records_in != silver + duplicates + quarantined",
+                f"{len(bad_identity)} batch(es) where records_in + resolved != silver + duplicates + quarantined",
                 {"batches": bad_identity[:10]},
             )
         )
@@ -876,12 +897,16 @@ def _periodic_full_due(table: str, to_version: int) -> str | None:
     return None
 
 
-def _decide_full(ref: TableRef, to_version: int, requested: bool) -> tuple[bool, str, int | None]:
+def _decide_full(
+    ref: TableRef, to_version: int, requested: bool, since: int | None = None
+) -> tuple[bool, str, int | None]:
     """(full?, why, the version the increment starts after)."""
     if requested:
         return True, "requested", None
     if ref.layer not in APPEND_ONLY_LAYERS:
         return True, "gold tables are MERGE-updated", None
+    if since is not None and since <= to_version:
+        return False, "incremental", since  # an audit of this very path vouches for <= since
     pub = publication(ref.table)
     if pub is None or pub["path"] != ref.path:
         return True, "first validation of this table", None
@@ -923,8 +948,13 @@ def validate_table(
     full: bool = False,
     spark: SparkSession | None = None,
     path: str | None = None,
+    publish_on_pass: bool = True,
+    since_version: int | None = None,
 ) -> dict[str, Any]:
     """Validate ``table_name`` at its latest version; publish it if it passes.
+
+    ``publish_on_pass=False`` audits without publishing (a rebuild validates its fresh
+    tables first and publishes them all together at hand-over).
 
     Returns ``{table, from_version, to_version, rows_checked, suite, success, failed,
     duration_seconds, data_docs, ...}``; ``from_version`` is the version the checked
@@ -945,7 +975,7 @@ def validate_table(
     if to_version is None:
         raise FileNotFoundError(f"{table_name}: no Delta table at {ref.path} yet")
     run_id = _run_id(table_name)
-    is_full, reason, from_version = _decide_full(ref, to_version, full)
+    is_full, reason, from_version = _decide_full(ref, to_version, full, since_version)
     pub = publication(table_name)
     result: dict[str, Any] = {
         "table": table_name,
@@ -1055,8 +1085,9 @@ def validate_table(
         "full": is_full,
     }
     if success:
-        publish(table_name, to_version, path=ref.path, by=run_id)
-        result["validated_version"] = to_version
+        if publish_on_pass:
+            publish(table_name, to_version, path=ref.path, by=run_id)
+            result["validated_version"] = to_version
         ops.record(ref.spec.name, "validation", outcome="ok", **detail)
         return result
     ops.record(

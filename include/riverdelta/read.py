@@ -18,6 +18,7 @@ from riverdelta.quality import (
     last_validation,
     latest_version,
     publication,
+    publications,
 )
 
 if TYPE_CHECKING:
@@ -71,11 +72,14 @@ def register_validated_views(spark: SparkSession) -> list[str]:
     Tables never validated get no view, so a query against them fails by name
     instead of silently reading unvalidated data. Returns the registered names.
     """
+    snapshot = publications()  # one consistent set of pointers for every view
     names = []
     for name in all_tables():
-        if publication(name) is None:
+        pub = snapshot.get(name)
+        if pub is None:
             continue
-        read_validated(name, spark=spark).createOrReplaceTempView(name)
+        reader = spark.read.format("delta").option("versionAsOf", int(pub["validated_version"]))
+        reader.load(pub["path"]).createOrReplaceTempView(name)
         names.append(name)
     return names
 
@@ -91,12 +95,12 @@ def _row_count(path: str, version: int | None) -> int | None:
 
 def tables_report() -> list[dict[str, Any]]:
     """Per table: path, latest and validated versions, row counts at both, last validation."""
-    from riverdelta.lake import table_path
+    from riverdelta.quality import resolve_table
 
     report = []
     for name in all_tables():
         pub = publication(name)
-        path = pub["path"] if pub else table_path(name)
+        path = resolve_table(name).path  # the live location; a rebuild may have moved it
         latest = latest_version(path)
         validated = int(pub["validated_version"]) if pub else None
         last = last_validation(name)

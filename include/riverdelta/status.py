@@ -13,14 +13,14 @@ from riverdelta.settings import settings
 def stream_status(stream: str, now: float | None = None) -> dict[str, Any]:
     from riverdelta import control
     from riverdelta.health import compute_health
-    from riverdelta.lake import checkpoint_path
+    from riverdelta.lake import live_checkpoint
 
     spec = load_registry().get(stream)
     state = ops.load_state(spec.name)
     now = time.time() if now is None else now
     actual = control.actual_state(state)
     health = compute_health(
-        checkpoint_path(spec.name, "live"),
+        live_checkpoint(spec.name),
         settings().kafka_bootstrap,
         spec.topic,
         now=now,

@@ -47,6 +47,16 @@ def add_ingest_arguments(parser) -> None:
     )
     parser.add_argument("--max-offsets-per-trigger", type=int, default=None)
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument(
+        "--until",
+        default=None,
+        help='replay only: exclusive end offsets per partition, JSON {"0": 120, ...}',
+    )
+    parser.add_argument(
+        "--skip-present",
+        action="store_true",
+        help="replay only: skip records already in bronze; resolve quarantined ones that pass now",
+    )
 
 
 def ingest_args(
@@ -58,14 +68,19 @@ def ingest_args(
     checkpoint: str | None = None,
     tables_root: str | None = None,
     trigger: str | None = None,
+    until: str | None = None,
+    skip_present: bool = False,
 ) -> list[str]:
     args = ["--stream", stream, "--mode", mode, "--registry", str(settings().streams_file)]
+    if skip_present:
+        args.append("--skip-present")
     for flag, value in (
         ("--from", starting),
         ("--max-offsets-per-trigger", max_offsets_per_trigger),
         ("--checkpoint", checkpoint),
         ("--tables-root", tables_root),
         ("--trigger", trigger),
+        ("--until", until),
     ):
         if value is not None:
             args += [flag, str(value)]

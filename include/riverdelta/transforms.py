@@ -231,6 +231,7 @@ def to_quarantine(invalid: DataFrame) -> DataFrame:
         F.col("_detail").alias("detail"),
         F.lit(False).alias("resolved"),
         F.lit(None).cast("timestamp").alias("resolved_at"),
+        F.lit(None).cast("string").alias("resolved_by"),
     )
 
 

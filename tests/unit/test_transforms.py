@@ -289,6 +289,7 @@ def test_split_silver_and_quarantine(spark, tx):
         "detail": "string",
         "resolved": "boolean",
         "resolved_at": "timestamp",
+        "resolved_by": "string",
     }
     rows = quarantine.orderBy("offset").collect()
     assert [(r["offset"], r["reason"], r["resolved"], r["resolved_at"]) for r in rows] == [
