@@ -618,3 +618,61 @@ def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0
         "live_paused_seconds": round(resumed_at - paused_at, 1) if resumed_at else None,
         "published": {t: v for t, (_, v) in entries.items()},
     }
+
+
+# --------------------------------------------------------------------------- from a shell
+
+
+def follow_backfill(
+    stream: str, conf: dict[str, Any], *, timeout: float = 3600.0, out=print
+) -> int:
+    """Trigger ``backfill_<stream>`` through the REST API (JWT) and follow it; 0 on success."""
+    from urllib.parse import quote
+
+    from riverdelta import ops
+    from riverdelta.airflow_stack import ApiClient
+
+    _spec(stream)  # an unknown stream fails here, before Airflow is asked anything
+    dag_id = f"backfill_{stream}"
+    api = ApiClient()
+    api.wait_for_dag(dag_id)
+    run_id = api.trigger(dag_id, conf)
+    out(f"triggered {dag_id} run {run_id}")
+    base = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}"
+    seen: dict[str, str] = {}
+    started = time.monotonic()
+    state = "queued"
+    while time.monotonic() - started < timeout:
+        for ti in api.call("GET", f"{base}/taskInstances").get("task_instances", []):
+            if ti.get("state") and seen.get(ti["task_id"]) != ti["state"]:
+                seen[ti["task_id"]] = ti["state"]
+                out(f"  [{time.monotonic() - started:6.0f}s] {ti['task_id']}: {ti['state']}")
+        state = api.call("GET", base)["state"]
+        if state in ("success", "failed"):
+            break
+        time.sleep(3)
+    else:
+        out(f"{dag_id} run {run_id} still {state} after {timeout:.0f}s; follow it in the UI")
+        return 1
+    mine = [r for r in ops.history(stream, "backfill") if r["detail"].get("run_id") == run_id] or [
+        r for r in ops.history(stream, "backfill") if r["actor"].endswith(run_id)
+    ]
+    if mine:
+        d = mine[-1]["detail"]
+        out(f"outcome: {mine[-1]['outcome']}")
+        if d.get("reason") or d.get("error"):
+            out(f"  why: {d.get('reason') or d.get('error')}")
+        if "records" in d:
+            out(f"  records in range: {d['records']}")
+            for part in d.get("partitions") or []:
+                lo, hi = d["start"][str(part)], d["end"][str(part)]
+                out(f"    partition {part}: offsets [{lo}, {hi})")
+        if d.get("replay"):
+            r = d["replay"]
+            out(
+                f"  replay: {r.get('seconds')} s, {r.get('rows_per_second')} rows/s, {r.get('counts')}"
+            )
+        if d.get("hand_over"):
+            out(f"  live stream paused {d['hand_over'].get('live_paused_seconds')} s at hand-over")
+    out(f"{dag_id} run {run_id}: {state}")
+    return 0 if state == "success" else 1

@@ -174,6 +174,19 @@ def _cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from riverdelta.backfill import follow_backfill
+
+    conf = {
+        "mode": args.mode,
+        "from": args.from_,
+        "to": args.to,
+        "max_offsets_per_trigger": args.max_offsets_per_trigger,
+        "dry_run": args.dry_run,
+    }
+    return follow_backfill(args.stream, conf, timeout=args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from riverdelta.submit import add_ingest_arguments
 
@@ -217,6 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(action, help=text)
         p.add_argument("stream")
         p.set_defaults(func=_cmd_control)
+
+    p = sub.add_parser(
+        "backfill",
+        help="trigger backfill_<stream> through the Airflow REST API and follow it to the end",
+    )
+    p.add_argument("stream")
+    p.add_argument("--mode", choices=["range", "rebuild"], required=True)
+    p.add_argument(
+        "--from", dest="from_", default="earliest", help="earliest | ISO timestamp | offsets JSON"
+    )
+    p.add_argument("--to", default="latest", help="latest | ISO timestamp | offsets JSON")
+    p.add_argument("--max-offsets-per-trigger", type=int, default=None)
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to follow the run")
+    p.set_defaults(func=_cmd_backfill)
 
     p = sub.add_parser("demo", help="run the whole product on the embedded stack")
     p.set_defaults(func=_cmd_demo)

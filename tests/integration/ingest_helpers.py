@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 from riverdelta.registry import StreamSpec, load_registry
@@ -78,3 +79,42 @@ def assert_invariants(spark, spec: StreamSpec, job, summary: dict) -> dict:
     for layer, path in job.tables.paths.items():
         assert DeltaTable(path).to_pyarrow_table().num_rows == read(spark, path).count(), layer
     return {"bronze": sent, "silver": n_silver, "quarantine": by_reason, "duplicates": tot[3]}
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 2.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})")
+
+
+def status(stream: str) -> dict:
+    from riverdelta.status import stream_status
+
+    return stream_status(stream)
+
+
+def produce(stream: str, n: int, seed: int, **rates) -> dict:
+    from riverdelta.generator import produce as gen
+    from riverdelta.settings import settings
+
+    return gen(
+        load_registry().get(stream), n, bootstrap=settings().kafka_bootstrap, seed=seed, **rates
+    )
+
+
+class Sent:
+    """What the generator sent, summed over several runs (the invariants' expectations)."""
+
+    def __init__(self) -> None:
+        self.summary = {"sent": 0, "valid": 0, "late": 0, "duplicates": 0, "by_kind": {}}
+
+    def add(self, summary: dict) -> None:
+        for k in ("sent", "valid", "late", "duplicates"):
+            self.summary[k] += summary[k]
+        for k, v in summary["by_kind"].items():
+            self.summary["by_kind"][k] = self.summary["by_kind"].get(k, 0) + v

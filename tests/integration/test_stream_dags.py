@@ -5,45 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 
 import pytest
-import yaml
+
+from tests.integration.ingest_helpers import Sent, produce, status, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def airflow_db():
-    from riverdelta import airflow_stack
-
-    airflow_stack.migrate()
-
-
-@pytest.fixture()
-def stream_registry(tmp_path, kafka, monkeypatch):
-    """A registry holding one transactions-like stream with a name and topic of its own."""
-    from riverdelta import kafka_broker
-    from riverdelta.settings import settings
-
-    def make(restart: dict | None = None, health: dict | None = None) -> str:
-        data = yaml.safe_load(settings().streams_file.read_text())
-        name = f"tx{uuid.uuid4().hex[:6]}"
-        stream = {**data["streams"]["transactions"], "topic": f"rd.{name}", "trigger": "2 seconds"}
-        if restart:
-            stream["restart"] = restart
-        if health:
-            stream["health"] = health
-        data["streams"] = {name: stream}
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(data))
-        monkeypatch.setenv("RIVERDELTA_STREAMS", str(path))
-        settings.cache_clear()
-        kafka_broker.create_topics({stream["topic"]: 3})
-        return name
-
-    yield make
-    settings.cache_clear()
 
 
 def run_dag(stream: str, action: str = "reconcile"):
@@ -54,33 +21,6 @@ def run_dag(stream: str, action: str = "reconcile"):
     return dag.test(run_conf={"action": action})
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 2.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})")
-
-
-def status(stream: str) -> dict:
-    from riverdelta.status import stream_status
-
-    return stream_status(stream)
-
-
-def produce(stream: str, n: int, seed: int, **rates) -> dict:
-    from riverdelta.generator import produce as gen
-    from riverdelta.registry import load_registry
-    from riverdelta.settings import settings
-
-    return gen(
-        load_registry().get(stream), n, bootstrap=settings().kafka_bootstrap, seed=seed, **rates
-    )
-
-
 def test_deploy_watch_stop_restart(airflow_db, stream_registry, spark):
     from riverdelta import ops, procs
     from riverdelta.ingest import make_job
@@ -88,13 +28,8 @@ def test_deploy_watch_stop_restart(airflow_db, stream_registry, spark):
     from tests.integration.ingest_helpers import assert_invariants
 
     name = stream_registry()
-    sent = {"sent": 0, "valid": 0, "late": 0, "duplicates": 0, "by_kind": {}}
-
-    def add(summary):
-        for k in ("sent", "valid", "late", "duplicates"):
-            sent[k] += summary[k]
-        for k, v in summary["by_kind"].items():
-            sent["by_kind"][k] = sent["by_kind"].get(k, 0) + v
+    sent = Sent()
+    add = sent.add
 
     # deploy: the task ends, the driver keeps running detached.
     dr = run_dag(name, "deploy")
@@ -140,7 +75,7 @@ def test_deploy_watch_stop_restart(airflow_db, stream_registry, spark):
 
     spec = load_registry().get(name)
     job = make_job(spec, "live")
-    assert_invariants(spark, spec, job, sent)
+    assert_invariants(spark, spec, job, sent.summary)
 
 
 def test_crash_loop_stops_after_k_restarts(airflow_db, stream_registry):
