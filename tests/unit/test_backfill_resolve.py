@@ -71,3 +71,52 @@ def test_parse_offsets_rejects_non_objects():
 def test_clip_to_live_position():
     rng = clip_to(r(), {0: 450, 1: 0})
     assert rng.end == {0: 450, 1: 0, 2: 50}
+
+
+def test_one_backfill_per_stream_with_a_heartbeat_lease(tmp_path, monkeypatch):
+    import json
+
+    from riverdelta import backfill
+    from riverdelta.settings import settings
+
+    monkeypatch.setenv("RIVERDELTA_LAKE", str(tmp_path / "lake"))
+    settings.cache_clear()
+    try:
+        backfill.acquire_lock("s", "run-1")
+        backfill.acquire_lock("s", "run-1")  # the same run's next task
+        with pytest.raises(BackfillRefused, match=r"already running.*run-1"):
+            backfill.acquire_lock("s", "run-2")
+        backfill.acquire_lock("t", "run-2")  # other streams are independent
+        # A holder that stopped beating for longer than the lease is taken over.
+        path = backfill._lock_path("s")
+        held = json.loads(path.read_text())
+        path.write_text(json.dumps({**held, "heartbeat": held["heartbeat"] - 601}))
+        backfill.acquire_lock("s", "run-2")
+        backfill.release_lock("s", "run-1")  # not the holder any more: no effect
+        with pytest.raises(BackfillRefused):
+            backfill.acquire_lock("s", "run-3")
+        backfill.release_lock("s", "run-2")
+        backfill.acquire_lock("s", "run-3")
+    finally:
+        settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("mode", "from_", "to", "limit", "message"),
+    [
+        ("replay", "earliest", "latest", None, "mode 'replay'"),
+        ("rebuild", '{"0": 5}', "latest", None, "from must be 'earliest'"),
+        ("rebuild", "earliest", "2026-11-21T00:00:00Z", None, "to 'latest'"),
+        ("range", "earliest", "latest", 0, None),
+        ("range", "earliest", "latest", -5, "must be positive"),
+        ("range", "earliest", "latest", "ten", "not a number"),
+    ],
+)
+def test_parameters_are_checked_before_kafka_is_asked(mode, from_, to, limit, message):
+    from riverdelta.backfill import check_params
+
+    if message is None:
+        assert check_params(mode, from_, to, limit) is None
+    else:
+        with pytest.raises(BackfillRefused, match=message):
+            check_params(mode, from_, to, limit)
