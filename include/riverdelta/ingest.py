@@ -490,9 +490,10 @@ def batch_counts_df(spark: SparkSession, counts: dict) -> DataFrame:
         "already_present long, resolved long"
     )
     cols = [c.split()[0] for c in schema.split(", ")]
-    return spark.createDataFrame([tuple(counts[c] for c in cols)], schema).withColumn(
-        "committed_at", F.current_timestamp()
-    )
+    defaults = {"already_present": 0, "resolved": 0}  # only range backfills set them
+    return spark.createDataFrame(
+        [tuple(counts.get(c, defaults.get(c)) for c in cols)], schema
+    ).withColumn("committed_at", F.current_timestamp())
 
 
 # --------------------------------------------------------------------------- the query
