@@ -67,6 +67,13 @@ def actual_state(state: ops.StreamState) -> str:
     return _launcher(state.deployment).status(dep)
 
 
+def refreshed_deployment(state: ops.StreamState) -> dict[str, Any] | None:
+    """The deployment with what the launcher learnt since (e.g. the Spark app id from the log)."""
+    if not state.deployment or state.deployment.get("app_id"):
+        return state.deployment
+    return _launcher(state.deployment).refresh(_deployment(state.deployment)).to_dict()
+
+
 def launch(stream: str) -> dict[str, Any]:
     from riverdelta.airflow_stack import ensure_airflow_env
     from riverdelta.submit import build_command, ingest_args, submit_env
@@ -144,6 +151,10 @@ def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[st
     spec = _spec(stream)
     now = time.time() if now is None else now
     state = ops.load_state(spec.name)
+    filled = refreshed_deployment(state)
+    if filled != state.deployment:
+        state.deployment = filled
+        ops.save_state(state)
     actual = actual_state(state)
     result: dict[str, Any] = {
         "stream": stream,

@@ -26,16 +26,8 @@ def stream_status(stream: str, now: float | None = None) -> dict[str, Any]:
         now=now,
         progress_file=progress_file(spec.name),
     )
-    if state.deployment and not state.deployment.get("app_id"):
-        filled = (
-            control._launcher(state.deployment)
-            .refresh(control._deployment(state.deployment))
-            .to_dict()
-        )
-        if filled != state.deployment:
-            state.deployment = filled
-            ops.save_state(state)
-    dep = state.deployment or {}
+    # A read: the Spark app id is filled in here for display only; reconcile stores it.
+    dep = control.refreshed_deployment(state) or {}
     window = control.RestartPolicy.for_stream(spec).window_seconds
     return {
         "stream": spec.name,
