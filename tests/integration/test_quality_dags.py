@@ -1,0 +1,134 @@
+"""The quality DAGs gate real Delta tables: dag.test() with real Spark, Delta and GX.
+
+Silver rows are written directly with Spark into a per-test lake (the helpers of
+test_quality.py), then ``quality_transactions_silver`` runs as Airflow runs it.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from tests.integration.test_quality import SILVER, append, lake_env, txn  # noqa: F401
+
+# airflow_db comes from tests/integration/conftest.py; lake_env is test_quality's, imported.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("airflow_db", "lake_env")]
+
+
+def run_quality(table: str, **conf):
+    """One run of ``quality_<table>``: (dag run state, the task instance, its XCom result)."""
+    from riverdelta.quality_dags import quality_dag
+
+    dr = quality_dag(table).test(run_conf=conf)
+    ti = dr.get_task_instance("validate_table")
+    return dr.state, ti, ti.xcom_pull(task_ids="validate_table")
+
+
+def validated_ids(table: str) -> list[str]:
+    from riverdelta import read
+
+    return sorted(read.read_validated(table, engine="polars")["event_id"].to_list())
+
+
+def ids(rows: list[dict]) -> list[str]:
+    return sorted(r["event_id"] for r in rows)
+
+
+def test_good_data_is_validated_and_published(spark):
+    from riverdelta import ops, quality
+
+    first = [txn(i) for i in range(20)]
+    append(spark, SILVER, first)
+    state, ti, result = run_quality(SILVER)
+    assert (state, ti.state) == ("success", "success")
+    assert result["success"] and result["announced_version"] is None
+    assert (result["full"], result["full_reason"]) == (True, "first validation of this table")
+    assert (result["from_version"], result["to_version"], result["rows_checked"]) == (None, 0, 20)
+    assert quality.publication(SILVER)["validated_version"] == result["validated_version"] == 0
+    assert validated_ids(SILVER) == ids(first)
+
+    second = [txn(i, batch=1) for i in range(20, 27)]
+    append(spark, SILVER, second)
+    state, _, result = run_quality(SILVER)
+    assert state == "success"
+    # Incremental: only the 7 rows of version 1 were checked.
+    assert (result["from_version"], result["to_version"], result["rows_checked"]) == (0, 1, 7)
+    assert result["full"] is False and result["validated_version"] == 1
+    assert quality.publication(SILVER)["validated_version"] == 1
+    assert validated_ids(SILVER) == ids(first + second)
+
+    # full=true from the trigger form re-reads the whole table at the same version.
+    state, _, result = run_quality(SILVER, full=True)
+    assert state == "success"
+    assert (result["full"], result["full_reason"]) == (True, "requested")
+    assert (result["from_version"], result["to_version"], result["rows_checked"]) == (None, 1, 27)
+    assert result["data_docs"] == str(quality.data_docs_index())
+
+    events = ops.history("transactions", "validation")
+    assert [(e["outcome"], e["detail"]["rows_checked"]) for e in events] == [
+        ("ok", 20),
+        ("ok", 7),
+        ("ok", 27),
+    ]
+    assert ops.history("transactions", "page") == []
+
+
+def test_bad_increment_fails_the_run_pages_and_is_held_back(spark):
+    from riverdelta import ops, quality
+
+    good = [txn(i) for i in range(10)]
+    append(spark, SILVER, good)
+    assert run_quality(SILVER)[0] == "success"
+    assert quality.publication(SILVER)["validated_version"] == 0
+
+    bad = [txn(10, batch=1, amount=Decimal("-5.00")), txn(11, batch=1, event_id=None)]
+    append(spark, SILVER, bad)
+    state, ti, result = run_quality(SILVER)
+    assert (state, ti.state) == ("failed", "failed")
+    assert result is None
+
+    # The pointer did not move: readers still get exactly the good rows.
+    assert quality.publication(SILVER)["validated_version"] == 0
+    assert validated_ids(SILVER) == ids(good)
+
+    last = quality.last_validation(SILVER)
+    assert (last["success"], last["from_version"], last["to_version"], last["rows_checked"]) == (
+        False,
+        0,
+        1,
+        2,
+    )
+    assert {(f["expectation"], f["column"]) for f in last["failed"]} == {
+        ("expect_column_values_to_be_between", "amount"),
+        ("expect_column_values_to_not_be_null", "event_id"),
+    }
+
+    [fail] = [e for e in ops.history("transactions", "validation") if e["outcome"] == "fail"]
+    assert fail["detail"]["to_version"] == 1
+    # The page carries the task's error: each failed expectation with its observed value.
+    [alert] = ops.history("transactions", "page")
+    detail = alert["detail"]
+    assert (detail["dag_id"], detail["task_id"]) == (
+        "quality_transactions_silver",
+        "validate_table",
+    )
+    message = detail["message"]
+    assert "transactions_silver failed validation at versions 0..1, 2 rows checked" in message
+    assert "validated version stays 0" in message
+    assert (
+        "expect_column_values_to_be_between on column amount: "
+        "observed 1 unexpected (50.00%), e.g. ['-5.00']"
+    ) in message
+    assert (
+        "expect_column_values_to_not_be_null on column event_id: observed 1 unexpected (50.00%)"
+    ) in message
+
+
+def test_a_table_not_written_yet_is_skipped_without_a_page():
+    from riverdelta import ops, quality
+
+    state, ti, result = run_quality(SILVER)
+    assert (state, ti.state, result) == ("success", "skipped", None)
+    assert quality.publication(SILVER) is None
+    assert ops.history("transactions") == []
