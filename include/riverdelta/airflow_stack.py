@@ -113,6 +113,30 @@ def _airflow_bin() -> str:
     return found
 
 
+# Tasks that start a Spark JVM (quality validations, backfill steps) share this pool:
+# on a small machine a burst of asset events must not start eight JVMs at once.
+SPARK_POOL = "riverdelta_spark"
+SPARK_POOL_SLOTS = int(os.environ.get("RIVERDELTA_SPARK_POOL_SLOTS", "2"))
+SPARK_POOL_WHY = "Airflow tasks that run a Spark session (quality validations, backfills)"
+
+
+def ensure_pool() -> None:
+    """Create or resize the Spark pool (cheap, idempotent; run at every start)."""
+    log = settings().log_dir / "airflow-pool.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        rc = subprocess.run(
+            [_airflow_bin(), "pools", "set", SPARK_POOL, str(SPARK_POOL_SLOTS), SPARK_POOL_WHY],
+            env=airflow_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        ).returncode
+    if rc != 0:
+        raise AirflowError(
+            f"`airflow pools set {SPARK_POOL}` failed. Tail of {log}:\n{procs.tail(log)}"
+        )
+
+
 def migrate() -> None:
     s = settings()
     stamp = s.airflow_home / ".migrated"
@@ -158,6 +182,7 @@ def start(*, wait_seconds: float = 180.0) -> None:
             f"server cannot listen there. Stop it or set RIVERDELTA_AIRFLOW_PORT."
         )
     migrate()
+    ensure_pool()
     env = airflow_env()
     for comp in COMPONENTS:
         name = f"airflow-{comp}"

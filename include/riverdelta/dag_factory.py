@@ -15,6 +15,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, task
 
+from riverdelta.airflow_stack import SPARK_POOL
 from riverdelta.alerts import page
 from riverdelta.registry import StreamSpec, load_registry
 
@@ -80,8 +81,8 @@ def stream_dag(spec: StreamSpec) -> DAG:
 
             @task(task_id=f"announce_{layer}", outlets=[table_asset(table)])
             def announce(layer: str = layer, table: str = table, **context: Any):
-                from airflow.exceptions import AirflowSkipException
                 from airflow.sdk import Metadata
+                from airflow.sdk.exceptions import AirflowSkipException
 
                 from riverdelta import status
 
@@ -118,7 +119,7 @@ def _recording_failure(plan: dict[str, Any], step: str) -> Iterator[None]:
 
 
 def _skip(why: str) -> None:
-    from airflow.exceptions import AirflowSkipException
+    from airflow.sdk.exceptions import AirflowSkipException
 
     raise AirflowSkipException(why)
 
@@ -194,7 +195,7 @@ def backfill_dag(spec: StreamSpec) -> DAG:
             print(backfill.describe(plan))
             return plan
 
-        @task(task_id="replay_range")
+        @task(task_id="replay_range", pool=SPARK_POOL)
         def replay_range(plan: dict[str, Any]) -> dict[str, Any]:
             from riverdelta import backfill
 
@@ -206,7 +207,7 @@ def backfill_dag(spec: StreamSpec) -> DAG:
                 backfill.finish(plan, "ok", replay=result)
             return result
 
-        @task(task_id="audit_tables", trigger_rule="none_failed")
+        @task(task_id="audit_tables", trigger_rule="none_failed", pool=SPARK_POOL)
         def audit_tables(plan: dict[str, Any]) -> dict[str, int]:
             from riverdelta import backfill
 
@@ -215,7 +216,7 @@ def backfill_dag(spec: StreamSpec) -> DAG:
             with _recording_failure(plan, "audit"):
                 return backfill.audit(plan)
 
-        @task(task_id="hand_over", trigger_rule="none_failed")
+        @task(task_id="hand_over", trigger_rule="none_failed", pool=SPARK_POOL)
         def hand_over(plan: dict[str, Any], **context: Any) -> dict[str, Any]:
             from riverdelta import backfill
 

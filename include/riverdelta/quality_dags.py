@@ -17,6 +17,7 @@ from typing import Any
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
+from riverdelta.airflow_stack import SPARK_POOL
 from riverdelta.alerts import page
 from riverdelta.dag_factory import table_asset
 from riverdelta.registry import load_registry
@@ -130,7 +131,7 @@ def _quality_dag(table: str, stream: str, layer: str) -> DAG:
         doc_md=_doc_md(table, stream, layer),
     ) as dag:
 
-        @task(task_id="validate_table")
+        @task(task_id="validate_table", pool=SPARK_POOL)
         def validate(**context: Any) -> dict[str, Any]:
             from airflow.sdk.exceptions import AirflowSkipException
 
