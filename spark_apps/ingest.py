@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 # AvailableNow would read on to the topic's end; a range stops at its own.
                 while not query.awaitTermination(2):
-                    if passed_until(query, job):
+                    if passed_until(job):
                         log.info("reached the end offsets %s: stopping", job.until)
                         query.stop()
                         break

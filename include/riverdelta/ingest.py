@@ -554,16 +554,20 @@ def make_job(
     )
 
 
-def passed_until(query: StreamingQuery, job: IngestJob) -> bool:
-    """True once the last completed batch ended at or beyond ``until`` on every partition."""
-    progress = query.lastProgress
-    if job.until is None or not progress or not progress.get("sources"):
+def passed_until(job: IngestJob) -> bool:
+    """True once the last committed batch ended at or beyond ``until`` on every partition.
+
+    Read from the checkpoint (the source of truth health uses too), not from the
+    progress events, whose offset format differs between Spark versions.
+    """
+    from riverdelta.health import read_checkpoint
+
+    if job.until is None:
         return False
-    end = progress["sources"][0].get("endOffset") or {}
-    if isinstance(end, str):
-        end = json.loads(end)
-    reached = {int(p): o for p, o in (end.get(job.spec.topic) or {}).items()}
-    return all(reached.get(p, -1) >= u for p, u in job.until.items())
+    state = read_checkpoint(job.checkpoint, job.spec.topic)
+    if state is None or state.last_committed_batch is None:
+        return False
+    return all(state.end_offsets.get(p, -1) >= u for p, u in job.until.items())
 
 
 def start_query(
