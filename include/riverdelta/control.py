@@ -151,6 +151,14 @@ def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[st
     spec = _spec(stream)
     now = time.time() if now is None else now
     state = ops.load_state(spec.name)
+    if state.paused_by:
+        # A rebuild is switching the stream to its new tables; acting now would race it.
+        return {
+            "stream": stream,
+            "desired": state.desired,
+            "action": "none",
+            "reason": f"hand-over in progress ({state.paused_by})",
+        }
     filled = refreshed_deployment(state)
     if filled != state.deployment:
         state.deployment = filled
@@ -169,11 +177,6 @@ def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[st
             ops.save_state(state)
             ops.record(stream, "stop", actor=actor, reason="desired state is STOPPED")
             result["action"] = "stopped"
-        return result
-
-    if state.paused_by:
-        # A rebuild is switching the stream to its new tables; acting now would race it.
-        result.update(action="none", reason=f"hand-over in progress ({state.paused_by})")
         return result
 
     if state.crash_loop:
