@@ -260,13 +260,29 @@ def _business_columns(layer: str, columns: list[str]) -> list[str]:
     return [c for c in columns if c not in drop]
 
 
-def test_rebuild_equals_a_fresh_replay_and_hands_over(airflow_db, stream_registry, spark, tmp_path):
+def suites_for(name: str, folder: Path, monkeypatch) -> None:
+    """The transactions suites, renamed for a test stream with the transactions contract."""
+    from riverdelta import quality
+
+    folder.mkdir(exist_ok=True)
+    for src in quality.SUITES_DIR.glob("transactions_*.json"):
+        table = name + src.stem.removeprefix("transactions")
+        doc = json.loads(src.read_text())
+        doc["name"] = table
+        (folder / f"{table}.json").write_text(json.dumps(doc))
+    monkeypatch.setattr(quality, "SUITES_DIR", folder)
+
+
+def test_rebuild_equals_a_fresh_replay_and_hands_over(
+    airflow_db, stream_registry, spark, tmp_path, monkeypatch
+):
     from riverdelta import control, quality
     from riverdelta.lake import TableSet, stream_location
     from riverdelta.registry import load_registry
 
     name = stream_registry()
     spec = load_registry().get(name)
+    suites_for(name, tmp_path / "suites", monkeypatch)
     old_root = stream_location(name)["tables_root"]
     sent = Sent()
     control.deploy(name, actor="test")
