@@ -267,7 +267,7 @@ def suites_for(name: str, folder: Path, monkeypatch) -> None:
     folder.mkdir(exist_ok=True)
     for src in quality.SUITES_DIR.glob("transactions_*.json"):
         table = name + src.stem.removeprefix("transactions")
-        doc = json.loads(src.read_text())
+        doc = json.loads(src.read_text().replace('"rd.transactions"', f'"rd.{name}"'))
         doc["name"] = table
         (folder / f"{table}.json").write_text(json.dumps(doc))
     monkeypatch.setattr(quality, "SUITES_DIR", folder)
