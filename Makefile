@@ -46,5 +46,8 @@ test-integration: setup ## integration tests only (starts and stops its own brok
 test-slow: setup ## the long crash-recovery tests
 	@bash scripts/run_tests.sh -m slow $(PYTEST_ARGS)
 
+bench: setup ## measure Riverdelta vs raw Kafka / naive Spark (1M records, ~25 min); rewrites docs/benchmarks.md
+	$(PY) -m riverdelta.bench --write-docs $(BENCH_ARGS)
+
 clean: down ## remove runtime state (.riverdelta/ except the jar cache)
 	rm -rf .riverdelta/kafka .riverdelta/airflow .riverdelta/lake .riverdelta/logs .riverdelta/run
