@@ -46,13 +46,16 @@ def _cmd_down(args: argparse.Namespace) -> int:
     from riverdelta import airflow_stack, kafka_broker, procs
     from riverdelta.settings import settings
 
-    # Stream drivers and producers first, so nothing writes while the broker goes away.
-    for pid_file in sorted(settings().run_dir.glob("*.pid")):
-        name = pid_file.stem
-        if name.startswith(("stream-", "producer-")) and procs.stop(name, timeout=30):
-            print(f"down: stopped {name}")
+    # Airflow first: a reconcile run would otherwise restart the drivers stopped next.
     for comp in airflow_stack.stop():
         print(f"down: stopped airflow {comp}")
+    # Then drivers and producers (twice: a task in flight may have just launched one),
+    # so nothing writes while the broker goes away.
+    for _ in range(2):
+        for pid_file in sorted(settings().run_dir.glob("*.pid")):
+            name = pid_file.stem
+            if name.startswith(("stream-", "producer-")) and procs.stop(name, timeout=30):
+                print(f"down: stopped {name}")
     if kafka_broker.stop():
         print("down: stopped the Kafka broker")
     print("down: nothing else of ours is running")
