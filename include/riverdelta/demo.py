@@ -70,7 +70,7 @@ def wait_healthy(streams: list[str], timeout: float = 420) -> dict[str, Any]:
         time.sleep(10)
 
 
-def wait_validated(api, streams: list[str], tables: list[str], timeout: float = 600) -> None:
+def wait_validated(api, streams: list[str], tables: list[str], timeout: float = 900) -> None:
     """Announce new versions now (the stream DAGs' 3-minute schedule would too) and wait
     until the asset-triggered quality DAGs have published every table."""
     from datetime import UTC, datetime
