@@ -20,6 +20,8 @@ from riverdelta.alerts import page
 from riverdelta.registry import StreamSpec, load_registry
 
 START = datetime(2026, 1, 1)
+# Every generated DAG: no backfilled schedule history, one run at a time.
+DAG_DEFAULTS: dict[str, Any] = {"start_date": START, "catchup": False, "max_active_runs": 1}
 ACTIONS = ["reconcile", "deploy", "stop", "restart"]
 
 
@@ -37,9 +39,7 @@ def stream_dag(spec: StreamSpec) -> DAG:
     with DAG(
         dag_id=f"stream_{name}",
         schedule=timedelta(minutes=3),
-        start_date=START,
-        catchup=False,
-        max_active_runs=1,
+        **DAG_DEFAULTS,
         tags=["riverdelta", "stream", name],
         params={
             "action": Param(
@@ -129,9 +129,7 @@ def backfill_dag(spec: StreamSpec) -> DAG:
     with DAG(
         dag_id=f"backfill_{name}",
         schedule=None,
-        start_date=START,
-        catchup=False,
-        max_active_runs=1,
+        **DAG_DEFAULTS,
         tags=["riverdelta", "backfill", name],
         params={
             "mode": Param(

@@ -12,17 +12,15 @@ DAG files import this module: heavy libraries are imported inside the task.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
 from riverdelta.airflow_stack import SPARK_POOL
 from riverdelta.alerts import page
-from riverdelta.dag_factory import table_asset
+from riverdelta.dag_factory import DAG_DEFAULTS, table_asset
 from riverdelta.registry import load_registry
 
-START = datetime(2026, 1, 1)
 # Announcements normally trigger a run within seconds of a new version; the cron
 # only bounds how stale the validated version can get when they do not come.
 FALLBACK_CRON = "*/30 * * * *"
@@ -112,9 +110,7 @@ def _quality_dag(table: str, stream: str, layer: str) -> DAG:
     with DAG(
         dag_id=f"quality_{table}",
         schedule=quality_schedule(table),
-        start_date=START,
-        catchup=False,
-        max_active_runs=1,
+        **DAG_DEFAULTS,
         tags=["riverdelta", "quality", stream],
         params={
             "full": Param(

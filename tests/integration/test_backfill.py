@@ -10,6 +10,8 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,21 @@ class Producer:
         self._thread.join()
 
 
+@contextmanager
+def live_stream(name: str, seed: int) -> Iterator[Sent]:
+    """A deployed live stream that has ingested 1500 events; stopped on exit."""
+    from riverdelta import control
+
+    sent = Sent()
+    control.deploy(name, actor="test")
+    try:
+        sent.add(produce(name, 1500, seed=seed, poison_rate=0.02, duplicate_rate=0.02))
+        wait_for(lambda: status(name)["lag_records"] == 0, 300, "live catch-up")
+        yield sent
+    finally:
+        control.stop(name, actor="test")
+
+
 def test_refusals_change_nothing_and_dry_run_reports(airflow_db, stream_registry, spark):
     from confluent_kafka import TopicPartition
 
@@ -153,23 +170,16 @@ def test_refusals_change_nothing_and_dry_run_reports(airflow_db, stream_registry
 
 
 def test_range_while_live_writes_nothing_twice(airflow_db, stream_registry, spark):
-    from riverdelta import control
     from riverdelta.ingest import make_job
     from riverdelta.registry import load_registry
 
     name = stream_registry()
-    sent = Sent()
-    control.deploy(name, actor="test")
-    try:
-        sent.add(produce(name, 1500, seed=11, poison_rate=0.02, duplicate_rate=0.02))
-        wait_for(lambda: status(name)["lag_records"] == 0, 300, "live catch-up")
+    with live_stream(name, seed=11) as sent:
         with Producer(name, seed=1000) as live_traffic:
             run = run_backfill(name, mode="range", max_offsets_per_trigger=600)
             assert run.state == "success"
         sent.add(live_traffic.sent.summary)
         wait_for(lambda: status(name)["lag_records"] == 0, 300, "live catch-up after the range")
-    finally:
-        control.stop(name, actor="test")
 
     done = last_backfill(name)
     assert done["outcome"] == "ok"
@@ -276,7 +286,7 @@ def suites_for(name: str, folder: Path, monkeypatch) -> None:
 def test_rebuild_equals_a_fresh_replay_and_hands_over(
     airflow_db, stream_registry, spark, tmp_path, monkeypatch
 ):
-    from riverdelta import control, quality
+    from riverdelta import quality
     from riverdelta.lake import TableSet, stream_location
     from riverdelta.registry import load_registry
 
@@ -284,19 +294,13 @@ def test_rebuild_equals_a_fresh_replay_and_hands_over(
     spec = load_registry().get(name)
     suites_for(name, tmp_path / "suites", monkeypatch)
     old_root = stream_location(name)["tables_root"]
-    sent = Sent()
-    control.deploy(name, actor="test")
-    try:
-        sent.add(produce(name, 1500, seed=31, poison_rate=0.02, duplicate_rate=0.02))
-        wait_for(lambda: status(name)["lag_records"] == 0, 300, "live catch-up")
+    with live_stream(name, seed=31) as sent:
         with Producer(name, seed=3000) as during:
             assert run_backfill(name, mode="rebuild").state == "success"
         sent.add(during.sent.summary)
         assert during.sent.summary["sent"] > 0
         wait_for(lambda: status(name)["lag_records"] == 0, 300, "catch-up on the rebuilt tables")
         assert status(name)["actual"] == "RUNNING"
-    finally:
-        control.stop(name, actor="test")
 
     where = stream_location(name)
     assert where["tables_root"] != old_root and "tables@" in where["tables_root"]
