@@ -223,15 +223,26 @@ class ApiClient:
         with urllib.request.urlopen(req, timeout=30) as resp:
             self.token = json.loads(resp.read())["access_token"]
 
-    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+    def call(self, method: str, path: str, body: dict | None = None, attempts: int = 6) -> dict:
         req = urllib.request.Request(
             f"{self.base}/api/v2{path}",
             method=method,
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"{}")
+        for attempt in range(attempts):
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    return json.loads(resp.read() or b"{}")
+            except urllib.error.HTTPError as exc:
+                # A freshly parsed DAG or a busy SQLite answers 500 for a moment; 4xx are final.
+                if exc.code < 500 or attempt == attempts - 1:
+                    raise
+            except urllib.error.URLError:
+                if attempt == attempts - 1:
+                    raise
+            time.sleep(2 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
