@@ -544,6 +544,16 @@ def _wait(predicate, timeout: float, what: str, stream: str, run_id: str, interv
         time.sleep(interval)
 
 
+def _query_started(deployment: dict[str, Any] | None) -> bool:
+    """The driver logged that its query started (local/standalone drivers log locally)."""
+    log = Path((deployment or {}).get("log") or "")
+    if not log.is_file():
+        return True  # cluster drivers: the checkpoint alone tells
+    with log.open("rb") as fh:
+        fh.seek(int((deployment or {}).get("log_offset") or 0))
+        return b"riverdelta.ingest: started" in fh.read()
+
+
 def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0) -> dict[str, Any]:
     """Move the live stream onto the rebuilt tables; validate and publish them together.
 
@@ -580,18 +590,21 @@ def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0
             state.deployment = control.launch(stream)
             ops.save_state(state)
 
-            def first_batch():
-                cp = read_checkpoint(p["checkpoint"], spec.topic)
-                return cp is not None and (cp.last_committed_batch or -1) > replay_batch
-
-            _wait(first_batch, timeout, "the first live batch after hand-over", stream, p["run_id"])
-            resumed_at = time.time()
-
             def caught_up():
                 cp = read_checkpoint(p["checkpoint"], spec.topic)
                 ends = dict(cp.end_offsets) if cp else {}
                 return all(ends.get(part, -1) >= off for part, off in target.items())
 
+            def resumed():
+                # Ingesting again: a batch after the replay's, or (nothing arrived during the
+                # switch) the new driver's query is up on an already caught-up checkpoint.
+                cp = read_checkpoint(p["checkpoint"], spec.topic)
+                if cp is not None and (cp.last_committed_batch or -1) > replay_batch:
+                    return True
+                return _query_started(state.deployment) and caught_up()
+
+            _wait(resumed, timeout, "the live stream resuming after hand-over", stream, p["run_id"])
+            resumed_at = time.time()
             _wait(caught_up, timeout, "the live stream catching up", stream, p["run_id"])
     finally:
         state.paused_by = None
