@@ -54,7 +54,7 @@ def admin_password() -> str:
 
 
 def api_url() -> str:
-    return f"http://localhost:{settings().airflow_port}"
+    return settings().airflow_url
 
 
 def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:

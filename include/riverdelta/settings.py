@@ -1,8 +1,13 @@
 """The one place that chooses the environment.
 
-``RIVERDELTA_ENV`` selects ``embedded`` (default: one machine, no Docker) or
-``distributed`` (docker-compose stack). Every other module asks ``settings()``
-rather than reading environment variables itself.
+``RIVERDELTA_ENV`` selects a profile: ``embedded`` (default: one machine, no
+Docker) or ``compose`` (the docker-compose stack in ``docker-compose.yml``). A
+profile is a set of defaults (Kafka bootstrap servers, Spark master, storage
+root, object-store endpoint, replication, Airflow's URL and database); each
+value can still be overridden by its own ``RIVERDELTA_*`` variable. Every other
+module asks ``settings()`` rather than reading environment variables itself,
+and Airflow's connections (``kafka_default``, ``spark_default``) are derived
+from the same values in ``airflow_stack.airflow_env``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+ENVIRONMENTS = ("embedded", "compose")
 
 
 class ConfigError(ValueError):
@@ -28,9 +35,13 @@ class Settings:
     kafka_port: int
     kafka_controller_port: int
     spark_master: str
-    lake: str  # root of Delta tables and checkpoints (path or s3a:// URI)
+    lake: str  # storage root of Delta tables, checkpoints and _ops (path, file://, s3a://, hdfs://)
     airflow_port: int
     streams_file: Path
+    kafka_replication_factor: int = 1
+    kafka_min_insync_replicas: int = 1
+    s3_endpoint: str | None = None  # S3-compatible endpoint (MinIO); None = AWS
+    airflow_url: str = "http://localhost:8080"
 
     @property
     def run_dir(self) -> Path:
@@ -49,10 +60,35 @@ class Settings:
         return self.cache / "jars"
 
 
-def _int(name: str, default: int) -> int:
+# What each profile means when nothing overrides it. The compose values are the
+# service names and ports of docker-compose.yml (tests/unit/test_compose.py
+# holds the two together).
+PROFILES: dict[str, dict[str, str]] = {
+    "embedded": {
+        "kafka_bootstrap": "127.0.0.1:{kafka_port}",
+        "spark_master": "local[2]",
+        "lake": "{home}/lake",
+        "kafka_replication_factor": "1",
+        "kafka_min_insync_replicas": "1",
+        "s3_endpoint": "",
+        "airflow_url": "http://localhost:{airflow_port}",
+    },
+    "compose": {
+        "kafka_bootstrap": "kafka-1:9092,kafka-2:9092,kafka-3:9092",
+        "spark_master": "spark://spark-master:7077",
+        "lake": "s3a://riverdelta/lake",
+        "kafka_replication_factor": "3",
+        "kafka_min_insync_replicas": "2",
+        "s3_endpoint": "http://minio:9000",
+        "airflow_url": "http://airflow-apiserver:8080",
+    },
+}
+
+
+def _int(name: str, default: int | str) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
-        return default
+        raw = str(default)
     try:
         return int(raw)
     except ValueError as exc:
@@ -61,34 +97,43 @@ def _int(name: str, default: int) -> int:
 
 def load_settings() -> Settings:
     env = os.environ.get("RIVERDELTA_ENV", "embedded")
-    if env not in ("embedded", "distributed"):
-        raise ConfigError(f"RIVERDELTA_ENV={env!r}: expected 'embedded' or 'distributed'")
+    if env not in PROFILES:
+        raise ConfigError(f"RIVERDELTA_ENV={env!r}: expected one of {', '.join(ENVIRONMENTS)}")
     home = Path(os.environ.get("RIVERDELTA_HOME", PROJECT_ROOT / ".riverdelta")).resolve()
     cache = Path(os.environ.get("RIVERDELTA_CACHE", home / "cache")).resolve()
     kafka_port = _int("RIVERDELTA_KAFKA_PORT", 9092)
-    controller_port = _int("RIVERDELTA_KAFKA_CONTROLLER_PORT", kafka_port + 1)
-    if env == "embedded":
-        bootstrap = os.environ.get("RIVERDELTA_KAFKA_BOOTSTRAP", f"127.0.0.1:{kafka_port}")
-        master = os.environ.get("RIVERDELTA_SPARK_MASTER", "local[2]")
-        lake = os.environ.get("RIVERDELTA_LAKE", str(home / "lake"))
-    else:
-        bootstrap = os.environ.get("RIVERDELTA_KAFKA_BOOTSTRAP", "kafka-1:9092,kafka-2:9092")
-        master = os.environ.get("RIVERDELTA_SPARK_MASTER", "spark://spark-master:7077")
-        lake = os.environ.get("RIVERDELTA_LAKE", "s3a://riverdelta/lake")
+    airflow_port = _int("RIVERDELTA_AIRFLOW_PORT", 8080)
+    fill = {"home": home, "kafka_port": kafka_port, "airflow_port": airflow_port}
+
+    def value(key: str) -> str:
+        raw = os.environ.get(f"RIVERDELTA_{key.upper()}")
+        return raw if raw not in (None, "") else PROFILES[env][key].format(**fill)
+
     streams = Path(
         os.environ.get("RIVERDELTA_STREAMS", PROJECT_ROOT / "include" / "streams.yaml")
     ).resolve()
+    replication = _int("RIVERDELTA_KAFKA_REPLICATION_FACTOR", value("kafka_replication_factor"))
+    min_isr = _int("RIVERDELTA_KAFKA_MIN_INSYNC_REPLICAS", value("kafka_min_insync_replicas"))
+    if not 1 <= min_isr <= replication:
+        raise ConfigError(
+            f"min.insync.replicas={min_isr} must be between 1 and the replication factor "
+            f"{replication} (RIVERDELTA_KAFKA_MIN_INSYNC_REPLICAS)"
+        )
     return Settings(
         env=env,
         home=home,
         cache=cache,
-        kafka_bootstrap=bootstrap,
+        kafka_bootstrap=value("kafka_bootstrap"),
         kafka_port=kafka_port,
-        kafka_controller_port=controller_port,
-        spark_master=master,
-        lake=lake,
-        airflow_port=_int("RIVERDELTA_AIRFLOW_PORT", 8080),
+        kafka_controller_port=_int("RIVERDELTA_KAFKA_CONTROLLER_PORT", kafka_port + 1),
+        spark_master=value("spark_master"),
+        lake=value("lake"),
+        airflow_port=airflow_port,
         streams_file=streams,
+        kafka_replication_factor=replication,
+        kafka_min_insync_replicas=min_isr,
+        s3_endpoint=value("s3_endpoint") or None,
+        airflow_url=value("airflow_url"),
     )
 
 
