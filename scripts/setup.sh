@@ -23,6 +23,20 @@ if [ "${JAVA_VER:-0}" != "17" ]; then
 fi
 command -v mvn >/dev/null 2>&1 || die "Maven (mvn) not found: it resolves the Kafka, Spark-Kafka and Delta jars from Maven Central. Install it (Debian: apt-get install maven)."
 
+# --- docker-compose ----------------------------------------------------------
+# Only to validate docker-compose.yml (`docker-compose config` needs no engine);
+# tests/unit/test_compose.py fails without it. No recommends: never pull in docker.io.
+if ! command -v docker-compose >/dev/null 2>&1; then
+  echo "setup: installing docker-compose (Debian package) to validate docker-compose.yml"
+  SUDO=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi
+  APT=($SUDO env DEBIAN_FRONTEND=noninteractive apt-get)
+  { "${APT[@]}" install -y -q --no-install-recommends docker-compose \
+    || { "${APT[@]}" update -q && "${APT[@]}" install -y -q --no-install-recommends docker-compose; }; } >/dev/null \
+    || die "docker-compose is missing and \`apt-get install docker-compose\` failed (needs root or sudo).
+       Install it yourself (Debian: apt-get install --no-install-recommends docker-compose); the compose tests need it."
+fi
+
 # --- Python ------------------------------------------------------------------
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' \
   || die "$("$PY" -V 2>&1) found; the lock is made for Python 3.11. Set PYTHON=python3.11."
