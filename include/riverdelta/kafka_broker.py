@@ -3,16 +3,26 @@
 Runs ``kafka.Kafka`` from the cached Maven Central jars with its data under the
 runtime home. ``start`` is idempotent and waits until the broker answers a
 metadata request; on failure it shows the tail of the broker's log.
+
+Cluster mode (``cluster_nodes``, ``start_cluster``, ``stop_node``,
+``stop_cluster``) runs N such nodes on loopback with a static quorum of all N,
+one data dir and one pid file (``kafka-<id>``) each, for replication and
+broker-failure tests. The single embedded broker is node 1 of a cluster of one.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from riverdelta import jars, procs
@@ -41,38 +51,97 @@ def _classpath() -> str:
     return os.pathsep.join(str(p) for p in jars.jars("kafka"))
 
 
-def _write_config() -> Path:
+@dataclass(frozen=True)
+class Node:
+    """One KRaft node (broker + controller) on loopback; ``home`` holds config/ and data/."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    home: Path
+    name: str  # its pid file / log name
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+
+def _embedded_node() -> Node:
     s = settings()
-    home = kafka_home()
-    (home / "config").mkdir(parents=True, exist_ok=True)
-    props = home / "config" / "server.properties"
+    return Node(1, s.kafka_port, s.kafka_controller_port, kafka_home(), NAME)
+
+
+def cluster_nodes(ports: Sequence[tuple[int, int]], root: Path | None = None) -> list[Node]:
+    """Nodes 1..N from (listener port, controller port) pairs, homes under ``root``."""
+    root = root if root is not None else settings().home / "kafka-cluster"
+    flat = [p for pair in ports for p in pair]
+    if len(set(flat)) != len(flat):
+        raise BrokerError(f"every node needs its own two ports, got {list(ports)}")
+    return [
+        Node(i, port, cport, root / f"node-{i}", f"{NAME}-{i}")
+        for i, (port, cport) in enumerate(ports, start=1)
+    ]
+
+
+def quorum_voters(nodes: Sequence[Node]) -> str:
+    return ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes)
+
+
+def cluster_bootstrap(nodes: Sequence[Node]) -> str:
+    return ",".join(n.address for n in nodes)
+
+
+def internal_replication(n_nodes: int) -> tuple[int, int]:
+    """(replication factor, min ISR) of the internal topics on a cluster of ``n_nodes``.
+
+    Min ISR 2 from three nodes on: acked offset commits and transaction state
+    survive one node, and the topics stay writable while one is down.
+    """
+    return min(n_nodes, 3), 2 if n_nodes >= 3 else 1
+
+
+def server_properties(node: Node, nodes: Sequence[Node]) -> dict[str, str]:
+    """The ``server.properties`` of ``node`` in the cluster ``nodes`` (pure)."""
+    rf, min_isr = internal_replication(len(nodes))
+    return {
+        "process.roles": "broker,controller",
+        "node.id": str(node.node_id),
+        "controller.quorum.voters": quorum_voters(nodes),
+        "listeners": (
+            f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}"
+        ),
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(node.data_dir),
+        "num.partitions": "3",
+        "offsets.topic.replication.factor": str(rf),
+        "transaction.state.log.replication.factor": str(rf),
+        "transaction.state.log.min.isr": str(min_isr),
+        "share.coordinator.state.topic.replication.factor": str(rf),
+        "share.coordinator.state.topic.min.isr": str(min_isr),
+        "group.initial.rebalance.delay.ms": "0",
+        # Keep a week of data so replays from the earliest offsets have something to read.
+        "log.retention.hours": "168",
+        "auto.create.topics.enable": "false",
+    }
+
+
+def _write_config(node: Node | None = None, nodes: Sequence[Node] | None = None) -> Path:
+    """Write the node's config (default: the embedded broker, a cluster of one)."""
+    node = node or _embedded_node()
+    nodes = nodes or [node]
+    (node.home / "config").mkdir(parents=True, exist_ok=True)
+    props = node.home / "config" / "server.properties"
     props.write_text(
-        "\n".join(
-            [
-                "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@127.0.0.1:{s.kafka_controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
-                "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-                f"log.dirs={home / 'data'}",
-                "num.partitions=3",
-                "offsets.topic.replication.factor=1",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
-                "group.initial.rebalance.delay.ms=0",
-                # Keep a week of data so replays from the earliest offsets have something to read.
-                "log.retention.hours=168",
-                "auto.create.topics.enable=false",
-                "",
-            ]
-        )
+        "\n".join(f"{k}={v}" for k, v in server_properties(node, nodes).items()) + "\n"
     )
-    log4j = home / "config" / "log4j2.properties"
+    log4j = node.home / "config" / "log4j2.properties"
     log4j.write_text(
         "\n".join(
             [
@@ -94,10 +163,25 @@ def _write_config() -> Path:
     return props
 
 
-def _format_storage(props: Path) -> None:
-    if (kafka_home() / "data" / "meta.properties").exists():
+def _new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _cluster_id_of(node: Node) -> str | None:
+    meta = node.data_dir / "meta.properties"
+    if not meta.exists():
+        return None
+    for line in meta.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "cluster.id":
+            return value.strip()
+    return None
+
+
+def _format_storage(props: Path, node: Node | None = None, cluster_id: str | None = None) -> None:
+    node = node or _embedded_node()
+    if (node.data_dir / "meta.properties").exists():
         return
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     proc = subprocess.run(
         [
             _java(),
@@ -106,7 +190,7 @@ def _format_storage(props: Path) -> None:
             "kafka.tools.StorageTool",
             "format",
             "-t",
-            cluster_id,
+            cluster_id or _new_cluster_id(),
             "-c",
             str(props),
         ],
@@ -115,6 +199,23 @@ def _format_storage(props: Path) -> None:
     )
     if proc.returncode != 0:
         raise BrokerError(f"formatting the KRaft storage failed:\n{proc.stdout}{proc.stderr}")
+
+
+def _launch(node: Node, props: Path, heap: str) -> procs.ProcInfo:
+    s = settings()
+    cmd = [
+        _java(),
+        *os.environ.get("RIVERDELTA_KAFKA_HEAP", heap).split(),
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={props.parent / 'log4j2.properties'}",
+        f"-Dkafka.logs.dir={s.log_dir}",
+        "-cp",
+        _classpath(),
+        "kafka.Kafka",
+        str(props),
+    ]
+    return procs.start_detached(node.name, cmd, log=s.log_dir / f"{node.name}.log")
 
 
 def bootstrap() -> str:
@@ -128,14 +229,20 @@ def admin_client(**conf: object):
     return AdminClient({"bootstrap.servers": bootstrap(), "log_level": 0, **conf})
 
 
-def answers(timeout: float = 2.0) -> bool:
-    """True when the broker answers a metadata request."""
-    admin = admin_client(**{"socket.timeout.ms": int(timeout * 1000)})
+def _brokers(servers: str | None, timeout: float) -> set[int] | None:
+    """Ids of the brokers registered in the metadata, None when nobody answers."""
+    conf: dict[str, object] = {"socket.timeout.ms": int(timeout * 1000)}
+    if servers:
+        conf["bootstrap.servers"] = servers
     try:
-        admin.list_topics(timeout=timeout)
-        return True
+        return set(admin_client(**conf).list_topics(timeout=timeout).brokers)
     except Exception:
-        return False
+        return None
+
+
+def answers(timeout: float = 2.0, servers: str | None = None) -> bool:
+    """True when the broker (any of ``servers``, default the settings') answers metadata."""
+    return _brokers(servers, timeout) is not None
 
 
 def start(*, wait_seconds: float = 90.0) -> procs.ProcInfo:
@@ -156,21 +263,8 @@ def start(*, wait_seconds: float = 90.0) -> procs.ProcInfo:
     props = _write_config()
     _format_storage(props)
     log = s.log_dir / "kafka.log"
-    heap = os.environ.get("RIVERDELTA_KAFKA_HEAP", "-Xms256m -Xmx768m").split()
-    cmd = [
-        _java(),
-        *heap,
-        "-XX:+UseG1GC",
-        "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={props.parent / 'log4j2.properties'}",
-        f"-Dkafka.logs.dir={s.log_dir}",
-        "-cp",
-        _classpath(),
-        "kafka.Kafka",
-        str(props),
-    ]
     t0 = time.monotonic()
-    info = procs.start_detached(NAME, cmd, log=log)
+    info = _launch(_embedded_node(), props, "-Xms256m -Xmx768m")
     while time.monotonic() - t0 < wait_seconds:
         if not procs.alive(info):
             procs.pid_file(NAME).unlink(missing_ok=True)
@@ -190,14 +284,99 @@ def stop() -> bool:
     return procs.stop(NAME, timeout=30)
 
 
+# --------------------------------------------------------------------------- cluster mode
+
+
+def start_cluster(nodes: Sequence[Node], *, wait_seconds: float = 180.0) -> list[procs.ProcInfo]:
+    """Start every node not yet running; return once metadata lists all of them.
+
+    Idempotent like ``start``. On failure every node of ``nodes`` is stopped and
+    the error shows the log tail of the node that failed.
+    """
+    servers = cluster_bootstrap(nodes)
+    want = {n.node_id for n in nodes}
+    if all(procs.running(n.name) for n in nodes) and _brokers(servers, 2.0) == want:
+        return [procs.running(n.name) for n in nodes]
+    for n in nodes:
+        if procs.running(n.name) is None:
+            for port in (n.port, n.controller_port):
+                if procs.port_in_use(port):
+                    raise BrokerError(
+                        f"port {port} on 127.0.0.1 (node {n.node_id}) is already taken by "
+                        f"another process (`ss -ltnp | grep {port}` shows it); choose other ports"
+                    )
+    # One cluster id for all: a node formatted under another id refuses to join.
+    cluster_id = next(filter(None, map(_cluster_id_of, nodes)), None) or _new_cluster_id()
+    configs = {n.node_id: _write_config(n, nodes) for n in nodes}
+    # Formatting starts a JVM per node; in parallel it costs one start-up, not N.
+    with ThreadPoolExecutor(len(nodes)) as pool:
+        list(pool.map(lambda n: _format_storage(configs[n.node_id], n, cluster_id), nodes))
+    t0 = time.monotonic()
+    infos = {
+        n.node_id: procs.running(n.name) or _launch(n, configs[n.node_id], "-Xms128m -Xmx512m")
+        for n in nodes
+    }
+    registered: set[int] | None = None
+    while time.monotonic() - t0 < wait_seconds:
+        for n in nodes:
+            if not procs.alive(infos[n.node_id]):
+                log = infos[n.node_id].log
+                stop_cluster(nodes)
+                raise BrokerError(
+                    f"Kafka node {n.node_id} exited during start-up. Tail of {log}:\n"
+                    f"{procs.tail(log)}"
+                )
+        registered = _brokers(servers, 2.0)
+        if registered == want:
+            return list(infos.values())
+        time.sleep(0.5)
+    stop_cluster(nodes)
+    raise BrokerError(
+        f"the Kafka cluster did not register all of {sorted(want)} within {wait_seconds:.0f}s "
+        f"(registered: {sorted(registered or [])}). Logs: {settings().log_dir}/{NAME}-<id>.log"
+    )
+
+
+def stop_node(node: Node, *, kill: bool = True) -> bool:
+    """Stop one node; by default SIGKILL, a crash.
+
+    A crash is the failure a cluster must survive: no controlled shutdown moves
+    leadership away first, so the controller has to notice the lost heartbeats,
+    fence the node, shrink the ISRs and elect new leaders. ``kill=False`` is the
+    graceful SIGTERM (controlled shutdown) for planned restarts.
+    """
+    return procs.stop(node.name, timeout=30, sig=signal.SIGKILL if kill else signal.SIGTERM)
+
+
+def stop_cluster(nodes: Sequence[Node], *, timeout: float = 20.0) -> list[str]:
+    """Stop every node gracefully (SIGKILL after ``timeout``); returns the ones stopped."""
+    # Signal them all before waiting: stopped one by one, the last ones lose the
+    # quorum and sit out their controlled shutdown until the timeout.
+    running = [n for n in nodes if procs.running(n.name) is not None]
+    for n in running:
+        info = procs.running(n.name)
+        if info is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(info.pid, signal.SIGTERM)
+    for n in running:
+        procs.stop(n.name, timeout=timeout)
+    return [n.name for n in running]
+
+
 def create_topics(topics: dict[str, int]) -> list[str]:
     """Create missing topics (name -> partitions); returns the ones created."""
     from confluent_kafka.admin import NewTopic
 
+    s = settings()
     admin = admin_client()
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [
-        NewTopic(t, num_partitions=n, replication_factor=1)
+        NewTopic(
+            t,
+            num_partitions=n,
+            replication_factor=s.kafka_replication_factor,
+            config={"min.insync.replicas": str(s.kafka_min_insync_replicas)},
+        )
         for t, n in topics.items()
         if t not in existing
     ]
