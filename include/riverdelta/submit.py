@@ -93,10 +93,12 @@ def build_command(
     name: str,
     conn_id: str = "spark_default",
     application: Path = INGEST_APP,
+    conf: dict[str, str] | None = None,
 ) -> list[str]:
+    """``conf`` adds or overrides Spark settings (e.g. executor sizing on a standalone cluster)."""
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
-    conf = spark_conf(name)
+    conf = spark_conf(name, extra=conf)
     conf.pop("spark.master")  # the connection decides the master
     jars = conf.pop("spark.jars")
     driver_memory = conf.pop("spark.driver.memory")
