@@ -96,6 +96,20 @@ def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
             "RIVERDELTA_ENV": s.env,
         }
     )
+    if s.env != "embedded":
+        # On a real deployment Airflow's own configuration (PostgreSQL, its folders and
+        # URLs, set by docker-compose.yml) wins; only the connections come from here.
+        for key in (
+            "AIRFLOW_HOME",
+            "AIRFLOW__CORE__DAGS_FOLDER",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+            "AIRFLOW__API__BASE_URL",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+            "AIRFLOW__CORE__EXECUTOR",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER",
+        ):
+            if (base if base is not None else os.environ).get(key):
+                env[key] = (base if base is not None else os.environ)[key]
     return env
 
 

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from riverdelta.lake import ops_path
+from riverdelta.lake import control_dir
 
 MODES = ("rebuild", "range")
 
@@ -207,7 +207,7 @@ def clip_to(rng: OffsetRange, limit: dict[int, int]) -> OffsetRange:
 
 
 def _lock_path(stream: str) -> Path:
-    return Path(ops_path("locks")) / f"backfill-{stream}.json"
+    return control_dir("locks") / f"backfill-{stream}.json"
 
 
 LOCK_LEASE_SECONDS = 600.0
@@ -441,15 +441,15 @@ def finish(p: dict[str, Any], outcome: str, **detail: Any) -> None:
 
 def _batch_counts(app_id: str) -> dict[str, Any]:
     """Totals of the ingest_batches rows one replay wrote."""
-    from deltalake import DeltaTable
-
+    from riverdelta import storage
     from riverdelta.ingest import BATCHES_TABLE
     from riverdelta.lake import ops_path
 
     path = ops_path(BATCHES_TABLE)
-    if not DeltaTable.is_deltatable(path):
+    if not storage.is_delta_table(path):
         return {}
-    rows = [r for r in DeltaTable(path).to_pyarrow_table().to_pylist() if r["app_id"] == app_id]
+    table = storage.delta_table(path).to_pyarrow_table()
+    rows = [r for r in table.to_pylist() if r["app_id"] == app_id]
     keys = ("records_in", "silver", "duplicates", "quarantined", "already_present", "resolved")
     totals: dict[str, Any] = {k: sum(int(r.get(k) or 0) for r in rows) for k in keys}
     totals["batches"] = len(rows)
@@ -503,7 +503,9 @@ def replay(p: dict[str, Any]) -> dict[str, Any]:
             f"the replay driver exited with {rc}; log {log_file}:\n{tail(log_file, 40)}"
         )
     seconds = time.time() - started
-    app_id = json.loads((Path(p["checkpoint"]) / "_riverdelta.json").read_text())["app_id"]
+    from riverdelta.ingest import checkpoint_marker
+
+    app_id = (checkpoint_marker(p["checkpoint"]) or {})["app_id"]
     counts = _batch_counts(app_id)
     # Rows per second over what the replay read (skipped records included: it read them).
     read = counts.get("records_in", 0) + counts.get("already_present", 0)

@@ -158,14 +158,18 @@ def summary(streams: list[str], backfill: dict[str, Any] | None = None) -> str:
 
 
 def quarantine_by_reason(stream: str) -> dict[str, int]:
-    from deltalake import DeltaTable
-
+    from riverdelta import storage
     from riverdelta.lake import TableSet
     from riverdelta.registry import load_registry
 
     path = TableSet.for_stream(load_registry().get(stream))["quarantine"]
     try:
-        reasons = DeltaTable(path).to_pyarrow_table(columns=["reason"]).column("reason").to_pylist()
+        reasons = (
+            storage.delta_table(path)
+            .to_pyarrow_table(columns=["reason"])
+            .column("reason")
+            .to_pylist()
+        )
     except Exception:
         return {}
     out: dict[str, int] = {}

@@ -53,21 +53,12 @@ class _LocalDir:
 
 
 class _RemoteDir:
-    """A checkpoint on an object store (s3a://…), read through fsspec."""
+    """A checkpoint on an object store or HDFS (s3a://, hdfs://), read through ``storage``."""
 
     def __init__(self, uri: str) -> None:
-        import fsspec
+        from riverdelta import storage
 
-        scheme, _, rest = uri.partition("://")
-        # Hadoop's s3a/s3n are plain s3 to everyone else.
-        scheme = {"s3a": "s3", "s3n": "s3"}.get(scheme, scheme)
-        try:
-            self.fs = fsspec.filesystem(scheme)
-        except (ImportError, ValueError) as exc:
-            raise RuntimeError(
-                f"cannot read checkpoint {uri}: no filesystem for {scheme!r} ({exc})"
-            ) from exc
-        self.root = rest.rstrip("/")
+        self.fs, self.root = storage.filesystem(uri)
 
     def exists(self) -> bool:
         return self.fs.exists(self.root)
@@ -91,12 +82,12 @@ class _RemoteDir:
 
 
 def _checkpoint_dir(checkpoint_dir: str | Path) -> _LocalDir | _RemoteDir:
+    from riverdelta import storage
+
     text = str(checkpoint_dir)
-    if text.startswith("file:"):
-        return _LocalDir(Path(text.removeprefix("file:").removeprefix("//")))
-    if "://" in text:
-        return _RemoteDir(text)
-    return _LocalDir(Path(text))
+    if storage.is_local(text):
+        return _LocalDir(storage.local_path(text))
+    return _RemoteDir(text)
 
 
 def _batch_ids(names: list[str]) -> list[int]:

@@ -24,12 +24,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from riverdelta import storage
 from riverdelta import transforms as T
 from riverdelta.lake import TableSet, checkpoint_path, live_checkpoint, ops_path
 from riverdelta.registry import StreamSpec, parse_duration
@@ -70,36 +70,41 @@ class IngestJob:
 # --------------------------------------------------------------------------- checkpoint
 
 
+def checkpoint_marker(checkpoint: str) -> dict | None:
+    """The checkpoint's Riverdelta marker (stream, topic, mode, app id), None if unclaimed."""
+    fs, path = storage.filesystem(checkpoint)
+    marker = f"{path}/{MARKER}"
+    if not fs.exists(marker):
+        return None
+    return json.loads(fs.cat_file(marker))
+
+
 def claim_checkpoint(checkpoint: str, spec: StreamSpec, mode: str) -> str:
     """Return the checkpoint's app id, creating its marker; refuse another stream's checkpoint.
 
     The app id is new for every new checkpoint: batch ids restart at 0 with a new
-    checkpoint, and reusing an old txnAppId would make Delta skip them as done.
+    checkpoint, and reusing an old txnAppId would make Delta skip them as done. The
+    marker is one object written once, so this works on object stores as on disks.
     """
-    if "://" in checkpoint and not checkpoint.startswith("file:"):
-        # Object stores: the marker lives beside the tables' transaction logs instead.
-        return f"riverdelta-{spec.name}-{mode}-{uuid.uuid5(uuid.NAMESPACE_URL, checkpoint)}"
-    path = Path(checkpoint.removeprefix("file:"))
-    marker = path / MARKER
-    if marker.exists():
-        data = json.loads(marker.read_text())
+    data = checkpoint_marker(checkpoint)
+    if data is not None:
         if data.get("stream") != spec.name or data.get("topic") != spec.topic:
             raise CheckpointMismatchError(
-                f"checkpoint {path} belongs to stream {data.get('stream')!r} (topic "
+                f"checkpoint {checkpoint} belongs to stream {data.get('stream')!r} (topic "
                 f"{data.get('topic')!r}), not to {spec.name!r} (topic {spec.topic!r}). "
                 "Point --checkpoint at this stream's own checkpoint."
             )
         return data["app_id"]
-    if path.exists() and any(path.iterdir()):
+    fs, path = storage.filesystem(checkpoint)
+    if fs.exists(path) and fs.ls(path, detail=False):
         raise CheckpointMismatchError(
-            f"checkpoint {path} exists but was not made by Riverdelta (no {MARKER}); "
+            f"checkpoint {checkpoint} exists but was not made by Riverdelta (no {MARKER}); "
             "refusing to guess which stream it belongs to."
         )
-    path.mkdir(parents=True, exist_ok=True)
+    fs.makedirs(path, exist_ok=True)
     app_id = f"riverdelta-{spec.name}-{mode}-{uuid.uuid4().hex[:12]}"
-    marker.write_text(
-        json.dumps({"stream": spec.name, "topic": spec.topic, "mode": mode, "app_id": app_id})
-    )
+    marker = {"stream": spec.name, "topic": spec.topic, "mode": mode, "app_id": app_id}
+    fs.pipe_file(f"{path}/{MARKER}", json.dumps(marker).encode())
     return app_id
 
 

@@ -1,11 +1,12 @@
 """JVM dependencies from Maven Central, resolved once into the project cache.
 
-Two sets, each from a pom under ``jvm/``:
+Sets, each from a pom under ``jvm/``:
 
 - ``kafka``: the Apache Kafka broker (KRaft) and its runtime dependencies;
 - ``spark``: the Kafka source and Delta connector jars, minus every artifact
   the pyspark wheel already ships (two copies of a jar on one classpath is the
-  classic source of ``NoSuchMethodError``).
+  classic source of ``NoSuchMethodError``);
+- ``s3``: hadoop-aws and the AWS SDK, only when the storage root is ``s3a://``.
 
 ``fetch`` runs Maven only when the cache does not verify; the manifest records
 each jar's SHA-256 so a truncated or corrupt jar is detected and re-fetched.
@@ -23,7 +24,14 @@ from pathlib import Path
 
 from riverdelta.settings import PROJECT_ROOT, settings
 
-SETS = ("kafka", "spark")
+SETS = ("kafka", "spark", "s3")
+
+
+def needed_sets() -> tuple[str, ...]:
+    """The sets this configuration uses (the large s3 set only for an s3a:// root)."""
+    from riverdelta import storage
+
+    return ("kafka", "spark", *storage.jar_sets(settings().lake))
 # A version has at least one dot and no underscore: "spark-sql-kafka-0-10_2.13-4.1.1".
 _VERSIONED = re.compile(r"^(?P<artifact>.+?)-(?P<version>\d+(?:\.\d+)+(?:-[0-9A-Za-z.]+)?)\.jar$")
 
@@ -138,7 +146,7 @@ def fetch(name: str, *, force: bool = False) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix=f"riverdelta-{name}-") as tmp:
         out = Path(tmp)
         _mvn_copy(name, out)
-        skip = pyspark_jar_artifacts() if name == "spark" else set()
+        skip = pyspark_jar_artifacts() if name in ("spark", "s3") else set()
         keep = sorted(p for p in out.glob("*.jar") if artifact_name(p.name) not in skip)
         if target.exists():
             shutil.rmtree(target)
@@ -155,6 +163,6 @@ def fetch(name: str, *, force: bool = False) -> list[Path]:
 
 
 def fetch_all(force: bool = False) -> None:
-    for name in SETS:
+    for name in needed_sets():
         found = fetch(name, force=force)
         print(f"jars: {name}: {len(found)} jars verified")

@@ -1,11 +1,19 @@
 """Where tables and checkpoints live.
 
-Layout under the lake root (a local path, or ``s3a://`` in the distributed setup)::
+Layout under the storage root (``settings().lake``: a path, ``file://``, ``s3a://``
+or ``hdfs://``; ``storage`` knows what each scheme needs)::
 
     tables/<table>/            Delta tables of the live stream
     _checkpoints/<stream>/<mode>/   Structured Streaming checkpoints
     _ops/<table>/              bookkeeping Delta tables (ingest batches, ops history)
-    _ops/locations/<stream>.json   where the stream's live tables and checkpoint are
+
+and in the control directory (``settings().control``: ``<lake>/_ops`` when the lake
+is on a local disk, a POSIX directory of the runtime home otherwise), the small
+files that need rename and flock, which object stores do not offer::
+
+    locations/<stream>.json    where the stream's live tables and checkpoint are
+    state/<stream>.json        desired state, deployment, restarts
+    locks/, publications/      backfill leases, validated-version pointers
 
 A stream's live tables start under ``tables/``; a ``rebuild`` backfill replays into
 a fresh root (``tables@<run>/``) and, at hand-over, moves the stream's location
@@ -29,6 +37,11 @@ def _join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
+def control_dir(name: str) -> Path:
+    """A directory of control files (locks, pointers) on a POSIX filesystem."""
+    return settings().control / name
+
+
 def lake_root() -> str:
     return settings().lake
 
@@ -46,7 +59,7 @@ def ops_path(table: str, root: str | None = None) -> str:
 
 
 def _location_file(stream: str) -> Path:
-    return Path(ops_path("locations")) / f"{stream}.json"
+    return control_dir("locations") / f"{stream}.json"
 
 
 def stream_location(stream: str) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from riverdelta.lake import ops_path
+from riverdelta import storage
+from riverdelta.lake import control_dir, ops_path
 
 HISTORY = "ops_history"
 RUNNING = "RUNNING"
@@ -42,7 +43,7 @@ class StreamState:
 
 
 def _state_file(stream: str) -> Path:
-    return Path(ops_path("state")) / f"{stream}.json"
+    return control_dir("state") / f"{stream}.json"
 
 
 def load_state(stream: str) -> StreamState:
@@ -72,7 +73,6 @@ _HISTORY_COLUMNS = ("at", "stream", "event", "outcome", "actor", "detail")
 def record(stream: str, event: str, *, outcome: str = "ok", actor: str = "", **detail: Any) -> None:
     """Append one event to the ops history."""
     import pyarrow as pa
-    from deltalake import write_deltalake
 
     table = pa.table(
         {
@@ -88,17 +88,14 @@ def record(stream: str, event: str, *, outcome: str = "ok", actor: str = "", **d
             "detail": [json.dumps(detail, default=str, sort_keys=True)],
         }
     )
-    Path(history_path()).parent.mkdir(parents=True, exist_ok=True)
     # Blind appends never conflict in Delta, so concurrent writers need no lock.
-    write_deltalake(history_path(), table, mode="append")
+    storage.write_delta(history_path(), table, mode="append")
 
 
 def history(stream: str | None = None, event: str | None = None) -> list[dict[str, Any]]:
-    from deltalake import DeltaTable
-
-    if not Path(history_path()).exists():
+    if not storage.is_delta_table(history_path()):
         return []
-    rows = DeltaTable(history_path()).to_pyarrow_table().to_pylist()
+    rows = storage.delta_table(history_path()).to_pyarrow_table().to_pylist()
     rows = [
         r
         for r in rows

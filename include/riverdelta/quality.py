@@ -71,7 +71,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from riverdelta.lake import TableSet, ops_path
+from riverdelta import storage
+from riverdelta.lake import TableSet, control_dir, ops_path
 from riverdelta.settings import PROJECT_ROOT, settings
 
 if TYPE_CHECKING:
@@ -271,7 +272,7 @@ def suite_columns(doc: dict[str, Any]) -> set[str]:
 
 
 def _publications_dir() -> Path:
-    return Path(ops_path(PUBLICATIONS))
+    return control_dir(PUBLICATIONS)
 
 
 @contextlib.contextmanager
@@ -367,7 +368,6 @@ def history_path() -> str:
 
 def _append_history(row: dict[str, Any]) -> None:
     import pyarrow as pa
-    from deltalake import write_deltalake
 
     schema = pa.schema(
         [
@@ -386,18 +386,15 @@ def _append_history(row: dict[str, Any]) -> None:
         ]
     )
     data = pa.Table.from_pylist([row], schema=schema)
-    Path(history_path()).parent.mkdir(parents=True, exist_ok=True)
     # Blind appends never conflict in Delta: concurrent validations need no lock here.
-    write_deltalake(history_path(), data, mode="append")
+    storage.write_delta(history_path(), data, mode="append")
 
 
 def validation_history(table: str | None = None) -> list[dict[str, Any]]:
     """Past runs, oldest first; ``failed`` decoded."""
-    from deltalake import DeltaTable
-
-    if not DeltaTable.is_deltatable(history_path()):
+    if not storage.is_delta_table(history_path()):
         return []
-    rows = DeltaTable(history_path()).to_pyarrow_table().to_pylist()
+    rows = storage.delta_table(history_path()).to_pyarrow_table().to_pylist()
     rows = [r for r in rows if table is None or r["table"] == table]
     for r in rows:
         r["failed"] = json.loads(r["failed"]) if r["failed"] else []
@@ -415,15 +412,13 @@ def last_validation(table: str) -> dict[str, Any] | None:
 def latest_version(path: str, spark: SparkSession | None = None) -> int | None:
     """The table's current version, or None if there is no Delta table at ``path``."""
     try:
-        from deltalake import DeltaTable
-
-        if not DeltaTable.is_deltatable(path):
+        if not storage.is_delta_table(path):
             return None
-        return DeltaTable(path).version()
+        return storage.delta_table(path).version()
     except Exception:
         if spark is None:
             raise
-    # Paths delta-rs cannot open (s3a:// URIs): ask Spark's Delta instead.
+    # A store delta-rs cannot open (hdfs:// without libhdfs): ask Spark's Delta instead.
     from delta.tables import DeltaTable as SparkDeltaTable
 
     if not SparkDeltaTable.isDeltaTable(spark, path):
@@ -439,11 +434,9 @@ def _file_uri(root: str, rel: str) -> str:
 
 def increment_files(path: str, from_version: int, to_version: int) -> tuple[list[str] | None, str]:
     """Data files added by versions ``(from_version, to_version]``, or None and why not exact."""
-    from deltalake import DeltaTable
-
     try:
-        new = DeltaTable(path, version=to_version)
-        old = DeltaTable(path, version=from_version)
+        new = storage.delta_table(path, version=to_version)
+        old = storage.delta_table(path, version=from_version)
         history = new.history(to_version - from_version)
     except Exception as exc:  # log cleaned up, unreadable store, ...
         return None, f"cannot read versions {from_version}..{to_version}: {exc}"
@@ -604,9 +597,7 @@ class CheckContext:
 
 def _writer_versions(path: str, version: int, app_ids: list[str]) -> dict[str, int]:
     """app id -> last batch it committed to the table at ``version`` (Delta txn actions)."""
-    from deltalake import DeltaTable
-
-    dt = DeltaTable(path, version=version)
+    dt = storage.delta_table(path, version=version)
     out = {}
     for app in app_ids:
         txn = dt.transaction_version(app)

@@ -60,10 +60,14 @@ def read_validated(name: str, *, engine: str = "spark", spark: SparkSession | No
     if engine == "polars":
         import polars as pl
 
-        return pl.read_delta(path, version=version)
-    from deltalake import DeltaTable
+        from riverdelta import storage
 
-    return DeltaTable(path, version=version).to_pyarrow_table()
+        return pl.read_delta(
+            storage.delta_uri(path), version=version, storage_options=storage.delta_options(path)
+        )
+    from riverdelta import storage
+
+    return storage.delta_table(path, version=version).to_pyarrow_table()
 
 
 def register_validated_views(spark: SparkSession) -> list[str]:
@@ -88,9 +92,9 @@ def _row_count(path: str, version: int | None) -> int | None:
     """Rows at ``version`` (delta-rs answers from the log's file statistics when it can)."""
     if version is None:
         return None
-    from deltalake import DeltaTable
+    from riverdelta import storage
 
-    return int(DeltaTable(path, version=version).count())
+    return int(storage.delta_table(path, version=version).count())
 
 
 def tables_report() -> list[dict[str, Any]]:

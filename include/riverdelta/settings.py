@@ -36,6 +36,7 @@ class Settings:
     kafka_controller_port: int
     spark_master: str
     lake: str  # storage root of Delta tables, checkpoints and _ops (path, file://, s3a://, hdfs://)
+    control: Path  # POSIX directory for locks and pointers (see lake.py)
     airflow_port: int
     streams_file: Path
     kafka_replication_factor: int = 1
@@ -95,6 +96,17 @@ def _int(name: str, default: int | str) -> int:
         raise ConfigError(f"{name}={raw!r} is not an integer") from exc
 
 
+def _default_control(lake: str, home: Path) -> str:
+    """Beside the tables when they are on a local disk; under the runtime home otherwise."""
+    if "://" not in lake:
+        return f"{lake.rstrip('/')}/_ops"
+    if lake.startswith("file:"):
+        from urllib.parse import urlparse
+
+        return f"{urlparse(lake).path.rstrip('/')}/_ops"
+    return str(home / "control")
+
+
 def load_settings() -> Settings:
     env = os.environ.get("RIVERDELTA_ENV", "embedded")
     if env not in PROFILES:
@@ -119,6 +131,8 @@ def load_settings() -> Settings:
             f"min.insync.replicas={min_isr} must be between 1 and the replication factor "
             f"{replication} (RIVERDELTA_KAFKA_MIN_INSYNC_REPLICAS)"
         )
+    lake = value("lake")
+    control = os.environ.get("RIVERDELTA_CONTROL") or _default_control(lake, home)
     return Settings(
         env=env,
         home=home,
@@ -127,7 +141,8 @@ def load_settings() -> Settings:
         kafka_port=kafka_port,
         kafka_controller_port=_int("RIVERDELTA_KAFKA_CONTROLLER_PORT", kafka_port + 1),
         spark_master=value("spark_master"),
-        lake=value("lake"),
+        lake=lake,
+        control=Path(control).resolve(),
         airflow_port=airflow_port,
         streams_file=streams,
         kafka_replication_factor=replication,

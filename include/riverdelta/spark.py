@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from riverdelta import jars
+from riverdelta import jars, storage
 from riverdelta.settings import settings
 
 if TYPE_CHECKING:
@@ -34,7 +34,9 @@ def spark_conf(
     conf = {
         "spark.master": master or s.spark_master,
         "spark.app.name": app_name,
-        "spark.jars": ",".join(str(p) for p in jars.jars("spark")),
+        "spark.jars": ",".join(
+            str(p) for name in ("spark", *storage.jar_sets(s.lake)) for p in jars.jars(name)
+        ),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         # 200 shuffle partitions stall stateful queries on 2 cores.
@@ -51,6 +53,7 @@ def spark_conf(
         # Cached jars only: never let a stray --packages reach for the network.
         "spark.jars.ivy": str(s.cache / "ivy"),
     }
+    conf.update(storage.spark_conf(s.lake))
     if extra:
         conf.update(extra)
     return conf

@@ -77,13 +77,11 @@ def raise_on_breach(report: dict[str, Any], actor: str = "") -> None:
 
 
 def table_version(path: str) -> int | None:
-    from pathlib import Path
+    from riverdelta import storage
 
-    if "://" not in path and not (Path(path) / "_delta_log").exists():
+    if not storage.is_delta_table(path):
         return None
-    from deltalake import DeltaTable
-
-    return DeltaTable(path).version()
+    return storage.delta_table(path).version()
 
 
 def new_version(stream: str, layer: str) -> int | None:

@@ -37,9 +37,9 @@ def read(spark, path: str):
 
 def assert_invariants(spark, spec: StreamSpec, job, summary: dict) -> dict:
     """The ingest invariants, for any number of runs and crashes; returns the counts."""
-    from deltalake import DeltaTable
     from pyspark.sql import functions as F
 
+    from riverdelta import storage
     from riverdelta import transforms as T
 
     sent = summary["sent"]
@@ -77,7 +77,7 @@ def assert_invariants(spark, spec: StreamSpec, job, summary: dict) -> dict:
         assert stored.exceptAll(fresh).count() == 0 and fresh.exceptAll(stored).count() == 0
     # An independent reader agrees with Spark on every table.
     for layer, path in job.tables.paths.items():
-        assert DeltaTable(path).to_pyarrow_table().num_rows == read(spark, path).count(), layer
+        assert storage.delta_table(path).to_pyarrow_table().num_rows == read(spark, path).count(), layer
     return {"bronze": sent, "silver": n_silver, "quarantine": by_reason, "duplicates": tot[3]}
 
 
