@@ -11,6 +11,7 @@ have new leaders with an ISR of two.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -25,9 +26,9 @@ from tests.integration.ingest_helpers import assert_invariants, spec_on_topic
 pytestmark = pytest.mark.integration
 
 STREAM = "transactions"
-WARMUP = 500  # sent at once, before the driver is known to be up
-TRAFFIC = 3000  # then at RATE/s, with the kill in the middle
-RATE = 40.0
+WARMUP = 300  # sent at once, before the driver is known to be up
+TRAFFIC = 2400  # then at RATE/s, with the kill in the middle
+RATE = 30.0
 SEED = 21
 
 
@@ -254,16 +255,14 @@ def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path
         )
         record["driver_up_s"] = round(time.monotonic() - t_start, 1)
         traffic.go.set()
-        # Kill in the middle of the traffic, with batches committing on the healthy cluster.
-        first = _health(lake, topic).last_batch_id
+        # Kill a third into the traffic, whatever the batches are doing: on a loaded machine
+        # a batch can take a minute, and the kill must still land while records flow.
         _wait(
-            lambda: (
-                sum(traffic.acked.values()) >= WARMUP + TRAFFIC // 3
-                and _health(lake, topic).last_batch_id >= first + 2
-            ),
+            lambda: sum(traffic.acked.values()) >= WARMUP + TRAFFIC // 3,
             180,
-            "a third of the traffic and two batches",
+            "a third of the traffic",
             driver,
+            interval=0.2,
         )
         layout = _partitions(topic)
         leaders = Counter(leader for leader, _, _ in layout.values())
@@ -314,6 +313,7 @@ def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path
         record.update(
             sent=traffic.sent,
             acked=acked,
+            acked_after_kill=acked - record["acked_at_kill"],
             topic_end_offsets=sum(final.topic_end_offsets.values()),
             batches_total=final.last_batch_id + 1,
             batches_after_kill=final.last_batch_id - before.last_batch_id,
@@ -336,6 +336,7 @@ def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path
         quarantined=sum(counts["quarantine"].values()),
         duplicates=counts["duplicates"],
         total_s=round(time.monotonic() - t_start, 1),
+        load_avg=[round(x, 2) for x in os.getloadavg()],
     )
     out = json.dumps(record, default=str, sort_keys=True)
     (tmp_path / "broker_failure.json").write_text(out)
