@@ -6,10 +6,20 @@ import argparse
 import sys
 
 
+def jars_sets() -> tuple[str, ...]:
+    from riverdelta.jars import SETS
+
+    return SETS
+
+
 def _cmd_jars(args: argparse.Namespace) -> int:
     from riverdelta import jars
 
-    jars.fetch_all(force=args.force)
+    if args.sets:
+        for name in args.sets:
+            print(f"jars: {name}: {len(jars.fetch(name, force=args.force))} jars verified")
+    else:
+        jars.fetch_all(force=args.force)
     return 0
 
 
@@ -199,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("jars", help="manage the cached JVM jars")
     p.add_argument("action", choices=["fetch"])
     p.add_argument("--force", action="store_true", help="resolve again even if the cache verifies")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        choices=jars_sets(),
+        help="fetch this set (repeatable); default: the sets this configuration needs",
+    )
     p.set_defaults(func=_cmd_jars)
 
     p = sub.add_parser("produce", help="produce generated events to a stream's topic")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from riverdelta.settings import PROJECT_ROOT, settings
 
-SETS = ("kafka", "spark", "s3")
+SETS = ("kafka", "spark", "s3", "s3proxy")
 
 
 def needed_sets() -> tuple[str, ...]:

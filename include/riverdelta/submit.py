@@ -123,7 +123,19 @@ def submit_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     s = settings()
+    # The driver resolves settings again: hand it the resolved values, not just the profile,
+    # so an override made in this process (a test's cluster, an operator's bucket) holds there.
     env.update(
-        {"RIVERDELTA_HOME": str(s.home), "RIVERDELTA_CACHE": str(s.cache), "RIVERDELTA_ENV": s.env}
+        {
+            "RIVERDELTA_HOME": str(s.home),
+            "RIVERDELTA_CACHE": str(s.cache),
+            "RIVERDELTA_ENV": s.env,
+            "RIVERDELTA_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+            "RIVERDELTA_LAKE": s.lake,
+            "RIVERDELTA_CONTROL": str(s.control),
+            "RIVERDELTA_STREAMS": str(s.streams_file),
+        }
     )
+    if s.s3_endpoint:
+        env["RIVERDELTA_S3_ENDPOINT"] = s.s3_endpoint
     return env
