@@ -248,6 +248,7 @@ def test_stream_survives_losing_a_worker(cluster, kafka, topic, tmp_path):
             for line in Path(dep.log).read_text(errors="replace").splitlines()
             if "lost executor" in line.lower() or "worker lost" in line.lower()
         ][:5]
+        assert figures["driver_log_on_loss"], "the driver never saw its executor go"
     finally:
         launcher.stop(dep, timeout=20)
         print("spark cluster figures:", json.dumps(figures, default=str))
