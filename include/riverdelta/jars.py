@@ -32,6 +32,8 @@ def needed_sets() -> tuple[str, ...]:
     from riverdelta import storage
 
     return ("kafka", "spark", *storage.jar_sets(settings().lake))
+
+
 # A version has at least one dot and no underscore: "spark-sql-kafka-0-10_2.13-4.1.1".
 _VERSIONED = re.compile(r"^(?P<artifact>.+?)-(?P<version>\d+(?:\.\d+)+(?:-[0-9A-Za-z.]+)?)\.jar$")
 

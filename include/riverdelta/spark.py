@@ -53,6 +53,17 @@ def spark_conf(
         # Cached jars only: never let a stray --packages reach for the network.
         "spark.jars.ivy": str(s.cache / "ivy"),
     }
+    if conf["spark.master"].startswith("spark://"):
+        # Standalone gives an app every free core by default: the first stream would
+        # starve the others. Cap each app, one core per executor so losing a worker
+        # loses a slice of the app, not all of it.
+        conf.update(
+            {
+                "spark.cores.max": os.environ.get("RIVERDELTA_SPARK_CORES_MAX", "2"),
+                "spark.executor.cores": "1",
+                "spark.executor.memory": os.environ.get("RIVERDELTA_EXECUTOR_MEMORY", "1g"),
+            }
+        )
     conf.update(storage.spark_conf(s.lake))
     if extra:
         conf.update(extra)

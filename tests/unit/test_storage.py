@@ -122,3 +122,18 @@ def test_bad_configuration_fails_with_the_fix(env, key, value, message):
     env[key] = value
     with pytest.raises(ConfigError, match=message):
         load_settings()
+
+
+def test_standalone_apps_are_capped(env):
+    from riverdelta.spark import spark_conf
+
+    env["RIVERDELTA_SPARK_MASTER"] = "spark://spark-master:7077"
+    conf = spark_conf("app")
+    # Uncapped, the first stream's app takes every core and the next one waits forever.
+    assert (conf["spark.cores.max"], conf["spark.executor.cores"]) == ("2", "1")
+    env["RIVERDELTA_SPARK_CORES_MAX"] = "4"
+    settings.cache_clear()
+    assert spark_conf("app")["spark.cores.max"] == "4"
+    env["RIVERDELTA_SPARK_MASTER"] = "local[2]"
+    settings.cache_clear()
+    assert "spark.cores.max" not in spark_conf("app")
