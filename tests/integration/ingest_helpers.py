@@ -77,17 +77,43 @@ def assert_invariants(spark, spec: StreamSpec, job, summary: dict) -> dict:
         assert stored.exceptAll(fresh).count() == 0 and fresh.exceptAll(stored).count() == 0
     # An independent reader agrees with Spark on every table.
     for layer, path in job.tables.paths.items():
-        assert storage.delta_table(path).to_pyarrow_table().num_rows == read(spark, path).count(), layer
+        assert storage.delta_table(path).to_pyarrow_table().num_rows == read(spark, path).count(), (
+            layer
+        )
     return {"bronze": sent, "silver": n_silver, "quarantine": by_reason, "duplicates": tot[3]}
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 2.0):
+def start_live_driver(registry: Path, lake: Path, stream: str, name: str):
+    """A live spark-submit driver on ``lake/cp`` and ``lake/tables``, registry from a file."""
+    from riverdelta import procs
+    from riverdelta.submit import build_command, ingest_args, submit_env
+
+    args = ingest_args(
+        stream,
+        "live",
+        checkpoint=str(lake / "cp"),
+        tables_root=str(lake / "tables"),
+        trigger="2 seconds",
+    )
+    args[args.index("--registry") + 1] = str(registry)
+    cmd = build_command(args, name=name)
+    return procs.start_detached(name, cmd, log=lake / f"{name}.log", env=submit_env())
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 2.0, driver=None):
+    """Poll ``predicate`` until truthy; fail at once if ``driver`` (a ProcInfo) dies."""
+    from riverdelta import procs
+
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         last = predicate()
         if last:
             return last
+        if driver is not None:
+            assert procs.alive(driver), f"driver died while waiting for {what}:\n" + procs.tail(
+                driver.log, 60
+            )
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})")
 

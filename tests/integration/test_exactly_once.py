@@ -12,7 +12,12 @@ import time
 import pytest
 import yaml
 
-from tests.integration.ingest_helpers import assert_invariants, read, spec_on_topic
+from tests.integration.ingest_helpers import (
+    assert_invariants,
+    read,
+    spec_on_topic,
+    start_live_driver,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -25,22 +30,6 @@ def _registry_on_topic(tmp_path, stream: str, topic: str):
     path = tmp_path / "streams.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def _start_driver(registry, lake, stream: str, name: str):
-    from riverdelta import procs
-    from riverdelta.submit import build_command, ingest_args, submit_env
-
-    args = ingest_args(
-        stream,
-        "live",
-        checkpoint=str(lake / "cp"),
-        tables_root=str(lake / "tables"),
-        trigger="2 seconds",
-    )
-    args[args.index("--registry") + 1] = str(registry)
-    cmd = build_command(args, name=name)
-    return procs.start_detached(name, cmd, log=lake / f"{name}.log", env=submit_env())
 
 
 def _counted(spark, job) -> int:
@@ -86,7 +75,7 @@ def _crash_loop(spark, kafka, topic, lake, tmp_path, *, events: int, kills: int,
     thread = threading.Thread(target=producer)
     thread.start()
     rng = random.Random(seed)
-    info = _start_driver(registry, lake, stream, name)
+    info = start_live_driver(registry, lake, stream, name)
     try:
         for _ in range(kills):
             time.sleep(rng.uniform(20, 35))
@@ -95,7 +84,7 @@ def _crash_loop(spark, kafka, topic, lake, tmp_path, *, events: int, kills: int,
             while procs.alive(info):
                 os.waitpid(info.pid, os.WNOHANG)
                 time.sleep(0.1)
-            info = _start_driver(registry, lake, stream, name)
+            info = start_live_driver(registry, lake, stream, name)
         thread.join()
         job = make_job(spec, "live", checkpoint=str(lake / "cp"), tables_root=str(lake / "tables"))
         deadline = time.monotonic() + 600

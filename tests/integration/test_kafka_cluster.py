@@ -22,7 +22,12 @@ from itertools import pairwise
 import pytest
 import yaml
 
-from tests.integration.ingest_helpers import assert_invariants, spec_on_topic
+from tests.integration.ingest_helpers import (
+    assert_invariants,
+    spec_on_topic,
+    start_live_driver,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -164,26 +169,6 @@ def _registry_on_topic(tmp_path, topic: str):
     return path
 
 
-def _start_driver(registry, lake, name: str):
-    from riverdelta import procs
-    from riverdelta.submit import build_command, ingest_args, submit_env
-
-    args = ingest_args(
-        STREAM,
-        "live",
-        checkpoint=str(lake / "cp"),
-        tables_root=str(lake / "tables"),
-        trigger="2 seconds",
-    )
-    args[args.index("--registry") + 1] = str(registry)
-    # submit_env copies this process's environment: the driver's settings() sees the
-    # cluster's bootstrap, replication and min ISR as the test's does.
-    env = submit_env()
-    assert env["RIVERDELTA_KAFKA_BOOTSTRAP"] == _bootstrap()
-    cmd = build_command(args, name=name)
-    return procs.start_detached(name, cmd, log=lake / f"{name}.log", env=env)
-
-
 def _bootstrap() -> str:
     from riverdelta.settings import settings
 
@@ -202,23 +187,6 @@ def _health(lake, topic: str):
     from riverdelta.health import compute_health
 
     return compute_health(lake / "cp", _bootstrap(), topic)
-
-
-def _wait(predicate, timeout: float, what: str, driver=None, interval: float = 1.0):
-    from riverdelta import procs
-
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        if driver is not None:
-            assert procs.alive(driver), f"driver died while waiting for {what}:\n" + procs.tail(
-                driver.log, 60
-            )
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})")
 
 
 def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path):
@@ -244,26 +212,31 @@ def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path
     name = f"cluster-{topic}"
     traffic = Traffic(spec, _bootstrap())
     traffic.start()
-    driver = _start_driver(registry, lake, name)
+    from riverdelta.submit import submit_env
+
+    # submit_env hands the driver the resolved settings: the cluster's bootstrap.
+    assert submit_env()["RIVERDELTA_KAFKA_BOOTSTRAP"] == _bootstrap()
+    driver = start_live_driver(registry, lake, STREAM, name)
     record: dict = {"topic": topic, "layout_before": layout}
     try:
         # The driver is up once it has committed the warm-up.
-        _wait(
+        wait_for(
             lambda: (h := _health(lake, topic)).last_batch_id is not None and h.lag_records == 0,
             300,
             "the warm-up to be ingested",
-            driver,
+            interval=1.0,
+            driver=driver,
         )
         record["driver_up_s"] = round(time.monotonic() - t_start, 1)
         traffic.go.set()
         # Kill a third into the traffic, whatever the batches are doing: on a loaded machine
         # a batch can take a minute, and the kill must still land while records flow.
-        _wait(
+        wait_for(
             lambda: sum(traffic.acked.values()) >= WARMUP + TRAFFIC // 3,
             180,
             "a third of the traffic",
-            driver,
             interval=0.2,
+            driver=driver,
         )
         layout = _partitions(topic)
         leaders = Counter(leader for leader, _, _ in layout.values())
@@ -289,14 +262,17 @@ def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path
             )
             return now if ok else None
 
-        after_layout = _wait(failed_over, 120, "new leaders and ISR of 2", driver)
+        after_layout = wait_for(
+            failed_over, 120, "new leaders and ISR of 2", interval=1.0, driver=driver
+        )
         record["failover_s"] = round(time.monotonic() - t_kill, 1)
         record["layout_after"] = after_layout
-        _wait(
+        wait_for(
             lambda: _health(lake, topic).last_batch_id > before.last_batch_id,
             180,
             "a batch committed after the kill",
-            driver,
+            interval=1.0,
+            driver=driver,
         )
         record["first_batch_after_kill_s"] = round(time.monotonic() - t_kill, 1)
         traffic.join(300)
@@ -310,7 +286,9 @@ def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path
             done = h.lag_records == 0 and sum(h.topic_end_offsets.values()) == acked
             return h if done else None
 
-        final = _wait(caught_up, 240, "lag 0 over every acked record", driver)
+        final = wait_for(
+            caught_up, 240, "lag 0 over every acked record", interval=1.0, driver=driver
+        )
         record.update(
             sent=traffic.sent,
             acked=acked,
