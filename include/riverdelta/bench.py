@@ -36,7 +36,6 @@ import linecache
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from riverdelta import procs
 from riverdelta.settings import PROJECT_ROOT, settings
 
 if TYPE_CHECKING:
@@ -91,12 +91,6 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # --------------------------------------------------------------------------- isolation
 
 
@@ -111,9 +105,9 @@ def isolated_home(home: Path) -> Iterator[None]:
         {
             "RIVERDELTA_HOME": str(home),
             "RIVERDELTA_CACHE": str(cache),
-            "RIVERDELTA_KAFKA_PORT": str(_free_port()),
-            "RIVERDELTA_KAFKA_CONTROLLER_PORT": str(_free_port()),
-            "RIVERDELTA_AIRFLOW_PORT": str(_free_port()),
+            "RIVERDELTA_KAFKA_PORT": str(procs.free_port()),
+            "RIVERDELTA_KAFKA_CONTROLLER_PORT": str(procs.free_port()),
+            "RIVERDELTA_AIRFLOW_PORT": str(procs.free_port()),
         }
     )
     settings.cache_clear()

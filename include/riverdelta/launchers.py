@@ -302,7 +302,7 @@ class LocalLauncher(Launcher):
         info = self._info(dep)
         if info is None or not self._here(dep):
             return UNKNOWN
-        _reap(info.pid)
+        procs.reap(info.pid)
         return RUNNING if procs.alive(info) else DEAD
 
     def application_id(self, dep: Deployment) -> str | None:
@@ -333,12 +333,12 @@ class LocalLauncher(Launcher):
         if _may_signal_group(info):
             _killpg(info.pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _group_alive(info.pid):
+            while time.monotonic() < deadline and procs.group_alive(info.pid):
                 time.sleep(0.2)
-            if _group_alive(info.pid):
+            if procs.group_alive(info.pid):
                 _killpg(info.pid, signal.SIGKILL)
                 deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and _group_alive(info.pid):
+                while time.monotonic() < deadline and procs.group_alive(info.pid):
                     time.sleep(0.1)
         recorded = procs.read(info.name)
         if recorded is not None and recorded.pid == info.pid:
@@ -361,12 +361,6 @@ class StandaloneLauncher(LocalLauncher):
         return _with_deploy_mode(cmd, "client")
 
 
-def _reap(pid: int) -> None:
-    # A driver started by this very process must be waited for, or it lingers as a zombie.
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
 def _may_signal_group(info: procs.ProcInfo) -> bool:
     """True if the process group ``info.pid`` can only be ours.
 
@@ -375,34 +369,10 @@ def _may_signal_group(info: procs.ProcInfo) -> bool:
     any such group is the driver's orphaned children. A live process with the
     same pid but other start ticks is someone else's and is never signalled.
     """
-    _reap(info.pid)
+    procs.reap(info.pid)
     if procs.alive(info):
         return True
-    return not Path(f"/proc/{info.pid}").exists() and _group_alive(info.pid)
-
-
-def _group_alive(pgid: int) -> bool:
-    _reap(pgid)
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # Only zombies left (the leader, if it is our unreaped child) count as gone.
-    return any(_in_group_and_live(p, pgid) for p in _pids())
-
-
-def _pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-
-
-def _in_group_and_live(pid: int, pgid: int) -> bool:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z" and int(fields[2]) == pgid
+    return not Path(f"/proc/{info.pid}").exists() and procs.group_alive(info.pid)
 
 
 def _killpg(pgid: int, sig: int) -> None:

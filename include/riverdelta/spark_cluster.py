@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -61,12 +60,6 @@ class Cluster:
     @property
     def status_url(self) -> str:
         return f"http://{self.host}:{self.webui_port}/json/"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def spark_class() -> Path:
@@ -158,9 +151,9 @@ def start(
     s = settings()
     if procs.running(MASTER) is not None:
         raise ClusterError(f"a Spark master already runs from {s.home}; stop it first")
-    port = port or free_port()
-    webui_port = webui_port or free_port()
-    ports = worker_webui_ports or [free_port() for _ in range(workers)]
+    port = port or procs.free_port()
+    webui_port = webui_port or procs.free_port()
+    ports = worker_webui_ports or [procs.free_port() for _ in range(workers)]
     if len(ports) != workers:
         raise ValueError(f"{workers} workers need {workers} web UI ports, got {len(ports)}")
     env = _env(host)
@@ -228,26 +221,12 @@ def kill_worker(cluster: Cluster, index: int, timeout: float = 30.0) -> float:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(info.pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _group_has_live(info.pid):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(info.pid, os.WNOHANG)
+    while time.monotonic() < deadline and procs.group_alive(info.pid):
         time.sleep(0.1)
-    if _group_has_live(info.pid):
+    if procs.group_alive(info.pid):
         raise ClusterError(f"{worker.name}'s process group {info.pid} survived SIGKILL")
     procs.pid_file(worker.name).unlink(missing_ok=True)
     return killed_at
-
-
-def _group_has_live(pgid: int) -> bool:
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # Zombies wait for a parent to reap them; they hold no ports, memory or files.
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
 
 
 def stop(cluster: Cluster | None = None, timeout: float = 20.0) -> list[str]:

@@ -14,7 +14,6 @@ import subprocess
 
 import pytest
 
-from tests.conftest import _free_port
 from tests.integration.ingest_helpers import produce, wait_for
 
 pytestmark = pytest.mark.integration
@@ -31,7 +30,7 @@ def s3_root(tmp_path, monkeypatch):
     from riverdelta import jars, procs
     from riverdelta.settings import settings
 
-    port = _free_port()
+    port = procs.free_port()
     data = tmp_path / "s3data"
     data.mkdir()
     conf = tmp_path / "s3proxy.conf"
@@ -58,7 +57,7 @@ def s3_root(tmp_path, monkeypatch):
         "--properties",
         str(conf),
     ]
-    info = procs.start_detached("s3proxy", cmd, log=tmp_path / "s3proxy.log")
+    procs.start_detached("s3proxy", cmd, log=tmp_path / "s3proxy.log")
 
     def answers() -> bool:
         try:
@@ -90,7 +89,6 @@ def s3_root(tmp_path, monkeypatch):
     finally:
         procs.stop("s3proxy")
         settings.cache_clear()
-        assert info.pid
 
 
 def test_s3a_root(s3_root, stream_registry, kafka):

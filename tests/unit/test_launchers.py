@@ -514,7 +514,7 @@ def test_local_stop_escalates_to_sigkill_for_the_whole_group(tmp_path):
         launcher.stop(dep, timeout=0.5)
         assert time.monotonic() - started >= 0.5  # SIGTERM was ignored; SIGKILL ended it
         assert launcher.status(dep) == DEAD
-        assert not launchers._group_alive(dep.pid)
+        assert not procs.group_alive(dep.pid)
     finally:
-        if launchers._group_alive(dep.pid):
+        if procs.group_alive(dep.pid):
             os.killpg(dep.pid, signal.SIGKILL)
