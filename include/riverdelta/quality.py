@@ -894,11 +894,13 @@ def _decide_full(
     """(full?, why, the version the increment starts after)."""
     if requested:
         return True, "requested", None
+    pub = publication(ref.table)
+    if since is None and pub and pub["path"] == ref.path and pub["validated_version"] == to_version:
+        return False, "up to date", to_version  # gold included: nothing new to check
     if ref.layer not in APPEND_ONLY_LAYERS:
         return True, "gold tables are MERGE-updated", None
     if since is not None and since <= to_version:
         return False, "incremental", since  # an audit of this very path vouches for <= since
-    pub = publication(ref.table)
     if pub is None or pub["path"] != ref.path:
         return True, "first validation of this table", None
     if pub["validated_version"] > to_version:
@@ -968,23 +970,13 @@ def validate_table(
         # delta-rs answers without a JVM: a run with nothing new never starts Spark.
         to_version = latest_version(ref.path)
     except Exception:
-        to_version = None
         spark = spark or _spark()
         to_version = latest_version(ref.path, spark)
     if to_version is None:
         raise FileNotFoundError(f"{table_name}: no Delta table at {ref.path} yet")
     run_id = _run_id(table_name)
     pub = publication(table_name)
-    if (
-        not full
-        and since_version is None
-        and pub
-        and pub["path"] == ref.path
-        and pub["validated_version"] == to_version
-    ):
-        is_full, reason, from_version = False, "up to date", to_version  # gold included
-    else:
-        is_full, reason, from_version = _decide_full(ref, to_version, full, since_version)
+    is_full, reason, from_version = _decide_full(ref, to_version, full, since_version)
     result: dict[str, Any] = {
         "table": table_name,
         "path": ref.path,
