@@ -8,10 +8,12 @@ or invent data. Ranges are half-open: ``end`` is the first offset *not* replayed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -317,6 +319,18 @@ def check_params(mode: str, from_: str, to: str, max_offsets: Any) -> int | None
     return limit
 
 
+@contextlib.contextmanager
+def _refusal_recorded(stream: str, mode: str, actor: str) -> Iterator[None]:
+    """Record a ``BackfillRefused`` raised inside in the ops history, then let it through."""
+    from riverdelta import ops
+
+    try:
+        yield
+    except BackfillRefused as exc:
+        ops.record(stream, "backfill", outcome="refused", actor=actor, mode=mode, reason=str(exc))
+        raise
+
+
 def plan(
     stream: str,
     *,
@@ -336,7 +350,7 @@ def plan(
     from riverdelta import ops
     from riverdelta.lake import checkpoint_path, lake_root, live_checkpoint, stream_location
 
-    try:
+    with _refusal_recorded(stream, mode, actor):
         spec = _spec(stream)
         limit = check_params(mode, from_, to, max_offsets_per_trigger)
         rng = resolve(spec.topic, _bootstrap(), from_, to)
@@ -353,9 +367,6 @@ def plan(
                 clipped = {"requested_end": {str(p): o for p, o in rng.end.items()}}
             rng = bounded
         rng = with_time_span(rng, _bootstrap())
-    except BackfillRefused as exc:
-        ops.record(stream, "backfill", outcome="refused", actor=actor, mode=mode, reason=str(exc))
-        raise
     tag = _tag(run_id)
     if mode == "rebuild":
         tables_root = f"{lake_root().rstrip('/')}/tables@{tag}"
@@ -379,13 +390,8 @@ def plan(
     if dry_run:
         ops.record(spec.name, "backfill", outcome="dry_run", actor=actor, **_summary(result))
         return result
-    try:
+    with _refusal_recorded(spec.name, mode, actor):
         acquire_lock(spec.name, run_id)
-    except BackfillRefused as exc:
-        ops.record(
-            spec.name, "backfill", outcome="refused", actor=actor, mode=mode, reason=str(exc)
-        )
-        raise
     ops.record(spec.name, "backfill_planned", actor=actor, **_summary(result))
     return result
 
