@@ -44,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parse_args(argv)
 
-    from riverdelta.ingest import kafka_starting_options, make_job, passed_until, start_query
+    from riverdelta.ingest import (
+        kafka_starting_options,
+        make_job,
+        passed_until,
+        start_query,
+        stop_gold,
+    )
     from riverdelta.registry import load_registry
 
     try:
@@ -113,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             # checkpoint, the Kafka source's progress metrics hit a null *after* the
             # batch committed. Starting the query again plans the next batch normally.
             log.warning("restarting the query after SPARK-55271 (Kafka source metrics NPE)")
+    # A replay ends with gold reflecting all it wrote. A stopped or killed live driver
+    # leaves its last windows to the next start (GoldRefresher re-announces them).
+    stop_gold(job)
     return 0
 
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
@@ -46,6 +47,20 @@ MARKER = "_riverdelta.json"
 
 R = TypeVar("R")
 
+# Delta's txn session confs (the MERGEs' idempotency) are session-wide: the gold
+# thread's writes and a MERGE of the ingest thread must not overlap.
+_TXN_LOCK = threading.Lock()
+
+
+@dataclass
+class DriverState:
+    """What a driver carries from batch to batch instead of reading it back from tables."""
+
+    hwm: datetime | None = None  # event-time high-water mark of the batches before
+    hwm_known_before: int | None = None  # hwm covers this app's batches < this id
+    last_batch: int | None = None  # the newest batch this driver committed
+    gold: object | None = None  # gold.GoldRefresher, started with the query
+
 
 class CheckpointMismatchError(ValueError):
     pass
@@ -61,6 +76,7 @@ class IngestJob:
     batches_path: str
     until: dict[int, int] | None = None  # exclusive end offset per partition (range backfills)
     skip_present: bool = False  # range backfill into live tables
+    state: DriverState = field(default_factory=DriverState, compare=False, repr=False)
 
     @property
     def watermark(self) -> timedelta:
@@ -156,12 +172,14 @@ class _txn_guard:
         self.spark, self.app_id, self.version = spark, app_id, version
 
     def __enter__(self) -> None:
+        _TXN_LOCK.acquire()
         self.spark.conf.set("spark.databricks.delta.write.txnAppId", self.app_id)
         self.spark.conf.set("spark.databricks.delta.write.txnVersion", str(self.version))
 
     def __exit__(self, *exc: object) -> None:
         self.spark.conf.unset("spark.databricks.delta.write.txnAppId")
         self.spark.conf.unset("spark.databricks.delta.write.txnVersion")
+        _TXN_LOCK.release()
 
 
 def write_idempotent(
@@ -178,32 +196,6 @@ def write_idempotent(
         )
 
     retry_conflicts(write, f"append to {path}")
-
-
-def merge_idempotent(
-    spark: SparkSession,
-    updates: DataFrame,
-    path: str,
-    keys: list[str],
-    job: IngestJob,
-    batch_id: int,
-) -> None:
-    """Upsert ``updates`` on ``keys``, guarded by the txn session confs (no retry here)."""
-    from delta.tables import DeltaTable
-
-    if not _table_exists(spark, path):
-        write_idempotent(updates, path, job, batch_id)
-        return
-    with _txn_guard(spark, job.app_id, batch_id):
-        cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        (
-            DeltaTable.forPath(spark, path)
-            .alias("t")
-            .merge(updates.alias("s"), cond)
-            .whenMatchedUpdateAll()
-            .whenNotMatchedInsertAll()
-            .execute()
-        )
 
 
 # --------------------------------------------------------------------------- the batch
@@ -224,6 +216,10 @@ def to_bronze(raw: DataFrame, batch_id: int, app_id: str) -> DataFrame:
 
 
 def _previous_max_event_time(spark: SparkSession, job: IngestJob, batch_id: int):
+    """This app's high-water mark over batches before ``batch_id``: read once per driver."""
+    state = job.state
+    if state.hwm_known_before == batch_id:
+        return state.hwm
     if not _table_exists(spark, job.batches_path):
         return None
     row = (
@@ -236,63 +232,126 @@ def _previous_max_event_time(spark: SparkSession, job: IngestJob, batch_id: int)
     return row[0] if row else None
 
 
+@dataclass(frozen=True)
+class BatchStats:
+    """Everything the batch decides from its validated records, from one Spark job."""
+
+    records: int
+    valid: int
+    reasons: dict[str, int]
+    max_event_time: datetime | None
+    horizon: tuple[int, ...]  # watermark-sized event-time buckets of the valid records
+    windows: dict[str, tuple[int, ...]]  # gold name -> window starts (epoch s) touched
+
+
+def batch_stats(validated: DataFrame, job: IngestJob) -> BatchStats:
+    from riverdelta.gold import window_bucket, window_seconds
+
+    spec = job.spec
+    et = F.col(spec.event_time_column)
+    wm = max(int(job.watermark.total_seconds()), 1)
+    rows = (
+        validated.groupBy("_reason")
+        .agg(
+            F.count("*").alias("n"),
+            F.max(et).alias("max_et"),
+            F.collect_set(window_bucket(et, wm)).alias("_horizon"),
+            *(
+                F.collect_set(window_bucket(et, window_seconds(g))).alias(f"_g_{g.name}")
+                for g in spec.gold
+            ),
+        )
+        .collect()
+    )
+    valid = next((r for r in rows if r["_reason"] is None), None)
+    reasons = {r["_reason"]: r["n"] for r in rows if r["_reason"] is not None}
+    return BatchStats(
+        records=sum(r["n"] for r in rows),
+        valid=valid["n"] if valid else 0,
+        reasons=reasons,
+        max_event_time=valid["max_et"] if valid else None,
+        horizon=tuple(sorted(valid["_horizon"])) if valid else (),
+        windows={g.name: tuple(valid[f"_g_{g.name}"]) if valid else () for g in spec.gold},
+    )
+
+
+def _horizon_filter(column: str, buckets: tuple[int, ...], wm: int):
+    """Event times within one watermark of a bucket: a late record adds its own range only."""
+    ranges: list[list[int]] = []
+    for b in buckets:
+        lo, hi = (b - wm), (b + 2 * wm)  # bucket b covers [b, b + wm): +- one watermark
+        if ranges and lo <= ranges[-1][1]:
+            ranges[-1][1] = max(ranges[-1][1], hi)
+        else:
+            ranges.append([lo, hi])
+    col = F.col(column)
+    cond = None
+    for lo, hi in ranges:
+        c = (col >= F.timestamp_seconds(F.lit(lo))) & (col < F.timestamp_seconds(F.lit(hi)))
+        cond = c if cond is None else cond | c
+    return cond if cond is not None else F.lit(False)
+
+
 def new_silver_rows(
-    spark: SparkSession, deduped: DataFrame, job: IngestJob, batch_id: int
+    spark: SparkSession,
+    deduped: DataFrame,
+    job: IngestJob,
+    batch_id: int,
+    horizon: tuple[int, ...],
 ) -> DataFrame:
-    """Rows of this batch whose id is not yet in silver within the watermark horizon."""
+    """Rows of this batch whose id is not yet in silver within a watermark of their time.
+
+    A keyed lookup: the batch's ids are broadcast and matched against silver's id
+    column within the batch's horizon (pruned by Delta's event-time statistics), so
+    only the true duplicates come back; no shuffle of silver, and rows a backfill or
+    an earlier checkpoint wrote are seen like any other.
+    """
     spec = job.spec
     et, idc = spec.event_time_column, spec.id_column
     tagged = deduped.withColumn("_app_id", F.lit(job.app_id)).withColumn(
         "_batch_id", F.lit(batch_id).cast("long")
     )
-    if not _table_exists(spark, job.tables["silver"]):
+    if not horizon or not _table_exists(spark, job.tables["silver"]):
         return tagged
-    lo, hi = deduped.agg(F.min(et), F.max(et)).first()
-    if lo is None:
-        return tagged
-    wm = job.watermark
-    existing = (
+    wm = max(int(job.watermark.total_seconds()), 1)
+    seen = (
         spark.read.format("delta")
         .load(job.tables["silver"])
-        .where(F.col(et).between(lo - wm, hi + wm))
+        .where(_horizon_filter(et, horizon, wm))
         # Rows this batch wrote in an earlier, crashed attempt are not duplicates.
         .where(~((F.col("_app_id") == job.app_id) & (F.col("_batch_id") == batch_id)))
         .select(idc)
+        .join(F.broadcast(deduped.select(idc)), on=idc, how="left_semi")
     )
-    return tagged.join(existing, on=idc, how="left_anti")
+    return tagged.join(F.broadcast(seen), on=idc, how="left_anti")
 
 
-def refresh_gold(
-    spark: SparkSession, new_rows: DataFrame, bounds: tuple, job: IngestJob, batch_id: int
-) -> None:
-    """Recompute, from silver, every gold window this batch touched, and upsert it.
+def gold_refresher(spark: SparkSession, job: IngestJob):
+    """The job's gold refresher, started once per driver (``None`` without gold)."""
+    from riverdelta.gold import GoldRefresher
 
-    Recomputing from silver keeps gold exact (distinct counts included) and makes
-    late records land in their window instead of being dropped. ``bounds`` is the
-    (min, max) event time of ``new_rows``.
-    """
-    spec = job.spec
-    et = spec.event_time_column
-    if bounds[0] is None:
-        return
-    for gold in spec.gold:
-        size = parse_duration(gold.window)
-        keys = ["window_start", *gold.group_by]
-        touched = T.aggregate_gold(new_rows, spec, gold).select(*keys)
+    if not job.spec.gold:
+        return None
+    if job.state.gold is None:
+        interval = parse_duration(job.spec.gold_trigger).total_seconds()
+        refresher = GoldRefresher(
+            spark, job.spec, job.tables.paths, job.app_id, interval, retry_conflicts, _TXN_LOCK
+        )
+        refresher.start()
+        job.state.gold = refresher
+    return job.state.gold
 
-        def upsert(gold=gold, size=size, keys=keys, touched=touched) -> None:
-            # Read silver afresh on every attempt: after a conflict the other writer's
-            # rows must be in the recomputed windows.
-            silver = spark.read.format("delta").load(job.tables["silver"])
-            window = silver.where(F.col(et).between(bounds[0] - size, bounds[1] + size))
-            updates = (
-                T.aggregate_gold(window, spec, gold)
-                .join(touched, on=keys, how="inner")
-                .withColumn("updated_at", F.current_timestamp())
-            )
-            merge_idempotent(spark, updates, job.tables[f"gold_{gold.name}"], keys, job, batch_id)
 
-        retry_conflicts(upsert, f"gold {gold.name} batch {batch_id}")
+def await_gold(job: IngestJob, timeout: float = 600.0) -> None:
+    """Block until gold reflects every batch this driver committed (replays, shutdown, tests)."""
+    if job.state.gold is not None:
+        job.state.gold.flush(timeout)
+
+
+def stop_gold(job: IngestJob, timeout: float = 600.0) -> None:
+    if job.state.gold is not None:
+        job.state.gold.close(timeout)
+        job.state.gold = None
 
 
 def _within(bounds: dict[int, tuple[int, int]]):
@@ -397,12 +456,22 @@ def resolve_quarantined(
 
 
 def process_batch(job: IngestJob, raw_df: DataFrame, batch_id: int) -> dict:
+    """One micro-batch: bronze, quarantine (only with poison), silver, the batch's counts.
+
+    Seven or so Spark jobs and three Delta commits for a clean batch, whatever the
+    tables hold: one job for the offsets, one for every count and bound
+    (``batch_stats``), one write per table; silver's counts come from an
+    ``Observation`` on its own write. Gold windows are handed to the refresher.
+    """
     spark = raw_df.sparkSession
     spec = job.spec
+    gold = gold_refresher(spark, job)
+    if gold is not None:
+        gold.raise_if_failed()
     if job.until is not None:
         raw_df = raw_df.where(_before(job.until))  # a range backfill stops at its end offsets
     raw = raw_df.persist()
-    present = fixed = fresh = None
+    present = fixed = fresh = validated = None
     try:
         bounds = {
             r["partition"]: (r["lo"], r["hi"])
@@ -422,41 +491,46 @@ def process_batch(job: IngestJob, raw_df: DataFrame, batch_id: int) -> dict:
                 fixed = resolve_quarantined(spark, present, bounds, job, batch_id)
                 n_resolved = fixed.count()
             fresh = fresh.persist()
-        n_in = fresh.count() if job.skip_present else raw.count()
+        validated = T.validate(fresh, spec).persist()
+        stats = batch_stats(validated, job)
+        n_in = stats.records
         write_idempotent(
             to_bronze(fresh, batch_id, job.app_id), job.tables["bronze"], job, batch_id
         )
-
-        validated = T.validate(fresh, spec).persist()
         valid, invalid = T.split(validated)
-        quarantine = T.to_quarantine(invalid).withColumn("batch_id", F.lit(batch_id).cast("long"))
-        write_idempotent(quarantine, job.tables["quarantine"], job, batch_id)
+        if stats.reasons:  # no quarantine commit for a batch without poison
+            quarantine = T.to_quarantine(invalid).withColumn(
+                "batch_id", F.lit(batch_id).cast("long")
+            )
+            write_idempotent(quarantine, job.tables["quarantine"], job, batch_id)
 
         silver_in = T.to_silver(valid, spec)
-        if fixed is not None:
+        horizon, windows, batch_max = stats.horizon, dict(stats.windows), stats.max_event_time
+        if fixed is not None and n_resolved:
             silver_in = silver_in.unionByName(fixed)
-        n_valid = silver_in.count()
-        new_rows = new_silver_rows(spark, T.dedupe_batch(silver_in, spec), job, batch_id).persist()
-        et = spec.event_time_column
-        # One job for the count and the event-time bounds that gold and lateness both need.
-        n_new, batch_min, batch_max = new_rows.agg(F.count("*"), F.min(et), F.max(et)).first()
-        write_idempotent(new_rows, job.tables["silver"], job, batch_id)
-        refresh_gold(spark, new_rows, (batch_min, batch_max), job, batch_id)
+            extra = batch_stats(fixed.withColumn("_reason", F.lit(None).cast("string")), job)
+            horizon = tuple(sorted({*horizon, *extra.horizon}))
+            windows = {k: tuple({*v, *extra.windows[k]}) for k, v in windows.items()}
+            batch_max = max((t for t in (batch_max, extra.max_event_time) if t), default=None)
+        n_valid = stats.valid + n_resolved
+        new_rows = new_silver_rows(spark, T.dedupe_batch(silver_in, spec), job, batch_id, horizon)
 
-        # The event-time high-water mark includes this batch, so whether a record
-        # counts as late does not depend on how the topic was cut into batches.
+        # The event-time high-water mark includes this batch (its valid records), so
+        # whether a record counts as late does not depend on how the topic was cut
+        # into batches. The driver carries it; the table is read once per driver.
         prev_max = _previous_max_event_time(spark, job, batch_id)
         hwm = max((t for t in (prev_max, batch_max) if t is not None), default=None)
-        stats = new_rows.agg(
+        et = spec.event_time_column
+        measures = [
+            F.count("*").alias("silver"),
             F.sum(F.when(F.col("_extra").isNotNull(), 1).otherwise(0)).alias("drift"),
             (
                 F.sum(F.when(F.col(et) < F.lit(hwm - job.watermark), 1).otherwise(0))
                 if hwm is not None
                 else F.lit(0)
             ).alias("late"),
-        ).first()
-        reasons = {r["reason"]: r["count"] for r in quarantine.groupBy("reason").count().collect()}
-        offsets = {str(p): [lo, hi] for p, (lo, hi) in bounds.items()}
+        ]
+        observed = _write_silver(spark, new_rows, measures, job, batch_id)
         counts = {
             "stream": spec.name,
             "mode": job.mode,
@@ -464,41 +538,128 @@ def process_batch(job: IngestJob, raw_df: DataFrame, batch_id: int) -> dict:
             "batch_id": batch_id,
             "records_in": n_in,
             "bronze": n_in,
-            "silver": n_new,
-            "duplicates": n_valid - n_new,
-            "quarantined": sum(reasons.values()),
-            "quarantine_by_reason": reasons,
-            "late": int(stats["late"] or 0),
-            "schema_drift": int(stats["drift"] or 0),
+            "silver": int(observed["silver"] or 0),
+            "duplicates": n_valid - int(observed["silver"] or 0),
+            "quarantined": sum(stats.reasons.values()),
+            "quarantine_by_reason": stats.reasons,
+            "late": int(observed["late"] or 0),
+            "schema_drift": int(observed["drift"] or 0),
             "max_event_time": hwm,
-            "offsets": json.dumps(offsets, sort_keys=True),
+            "offsets": json.dumps(
+                {str(p): [lo, hi] for p, (lo, hi) in bounds.items()}, sort_keys=True
+            ),
             "already_present": n_present,
             "resolved": n_resolved,
         }
-        write_idempotent(batch_counts_df(spark, counts), job.batches_path, job, batch_id)
-        validated.unpersist()
-        new_rows.unpersist()
+        record_batch(job, counts)
+        job.state.hwm, job.state.hwm_known_before = hwm, batch_id + 1
+        job.state.last_batch = batch_id
+        if gold is not None and counts["silver"]:
+            gold.announce(batch_id, windows)
         log.info("batch %s: %s", batch_id, counts)
         return counts
     finally:
         raw.unpersist()
-        for df in (present, fixed, fresh if job.skip_present else None):
+        for df in (validated, present, fixed, fresh if job.skip_present else None):
             if df is not None:
                 df.unpersist()
 
 
+def _write_silver(
+    spark: SparkSession, new_rows: DataFrame, measures: list, job: IngestJob, batch_id: int
+) -> dict:
+    """Append the new silver rows and return ``measures`` over them.
+
+    The measures ride on the write as an ``Observation`` (no second pass) when the
+    batch follows one this driver committed, so it cannot be in the table yet. Any
+    other batch (a driver's first, a re-run) may be one an earlier attempt already
+    committed: Delta then skips the write and an observation would never fire, so
+    it is counted by a plain aggregation first.
+    """
+    from pyspark.sql import Observation
+
+    path = job.tables["silver"]
+    last = job.state.last_batch
+    if last is None or batch_id <= last:
+        rows = new_rows.persist()
+        try:
+            found = rows.agg(*measures).first().asDict()
+            write_idempotent(rows, path, job, batch_id)
+        finally:
+            rows.unpersist()
+        return found
+    observation = Observation(f"silver-{batch_id}")
+    write_idempotent(new_rows.observe(observation, *measures), path, job, batch_id)
+    return observation.get
+
+
+_COUNTS_SCHEMA = (
+    "stream string, mode string, app_id string, batch_id long, records_in long, bronze long, "
+    "silver long, duplicates long, quarantined long, quarantine_by_reason map<string,long>, "
+    "late long, schema_drift long, max_event_time timestamp, offsets string, "
+    "already_present long, resolved long"
+)
+_COUNTS_DEFAULTS = {"already_present": 0, "resolved": 0}  # only range backfills set them
+
+
+def _count_row(counts: dict) -> tuple:
+    cols = [c.split()[0] for c in _COUNTS_SCHEMA.split(", ")]
+    return tuple(counts.get(c, _COUNTS_DEFAULTS.get(c)) for c in cols)
+
+
 def batch_counts_df(spark: SparkSession, counts: dict) -> DataFrame:
-    schema = (
-        "stream string, mode string, app_id string, batch_id long, records_in long, bronze long, "
-        "silver long, duplicates long, quarantined long, quarantine_by_reason map<string,long>, "
-        "late long, schema_drift long, max_event_time timestamp, offsets string, "
-        "already_present long, resolved long"
+    return spark.createDataFrame([_count_row(counts)], _COUNTS_SCHEMA).withColumn(
+        "committed_at", F.current_timestamp()
     )
-    cols = [c.split()[0] for c in schema.split(", ")]
-    defaults = {"already_present": 0, "resolved": 0}  # only range backfills set them
-    return spark.createDataFrame(
-        [tuple(counts.get(c, defaults.get(c)) for c in cols)], schema
-    ).withColumn("committed_at", F.current_timestamp())
+
+
+def record_batch(job: IngestJob, counts: dict) -> None:
+    """Append the batch's counts to ``_ops/ingest_batches``, once per (app id, batch id).
+
+    delta-rs, not Spark: a one-row Spark write with a txn id costs four jobs and about
+    half a second (Delta rebuilds the snapshot state to read the txn); delta-rs does
+    it in milliseconds, with the same txn action and append-only commits that never
+    conflict with other streams' drivers.
+    """
+    import pyarrow as pa
+    from deltalake import CommitProperties, Transaction, write_deltalake
+
+    path = job.batches_path
+    try:
+        done = storage.delta_table(path).transaction_version(job.app_id)
+    except Exception:  # no table yet (the first batch of the lake creates it)
+        done = None
+    if done is not None and done >= counts["batch_id"]:
+        return  # an earlier attempt of this batch recorded it
+    names = [c.split()[0] for c in _COUNTS_SCHEMA.split(", ")]
+    row = dict(zip(names, _count_row(counts), strict=True))
+    hwm = row["max_event_time"]
+    row["max_event_time"] = hwm.astimezone(UTC) if hwm is not None else None  # naive = local
+    row["quarantine_by_reason"] = list((row["quarantine_by_reason"] or {}).items())
+    row["committed_at"] = datetime.now(UTC)
+    ts = pa.timestamp("us", tz="UTC")
+    schema = pa.schema(
+        [
+            ("stream", pa.string()), ("mode", pa.string()), ("app_id", pa.string()),
+            ("batch_id", pa.int64()), ("records_in", pa.int64()), ("bronze", pa.int64()),
+            ("silver", pa.int64()), ("duplicates", pa.int64()), ("quarantined", pa.int64()),
+            ("quarantine_by_reason", pa.map_(pa.string(), pa.int64())),
+            ("late", pa.int64()), ("schema_drift", pa.int64()), ("max_event_time", ts),
+            ("offsets", pa.string()), ("already_present", pa.int64()), ("resolved", pa.int64()),
+            ("committed_at", ts),
+        ]
+    )  # fmt: skip
+    table = pa.Table.from_pylist([row], schema=schema)
+    storage.makedirs(path)
+    write_deltalake(  # delta-rs retries a commit that races another append itself
+        storage.delta_uri(path),
+        table,
+        mode="append",
+        storage_options=storage.delta_options(path),
+        commit_properties=CommitProperties(
+            app_transactions=[Transaction(app_id=job.app_id, version=counts["batch_id"])]
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- the query
@@ -575,6 +736,81 @@ def passed_until(job: IngestJob) -> bool:
     return all(state.end_offsets.get(p, -1) >= u for p, u in job.until.items())
 
 
+def held_offsets(spark: SparkSession, job: IngestJob) -> dict[int, int]:
+    """partition -> next offset after what these tables' bronze already holds.
+
+    The tables are the ledger (as kafka-delta-ingest's per-partition txn versions
+    are): a writer on a new checkpoint must start after them, or it writes every
+    held record a second time. One aggregation over two integer columns, at start.
+    """
+    if not _table_exists(spark, job.tables["bronze"]):
+        return {}
+    rows = (
+        spark.read.format("delta")
+        .load(job.tables["bronze"])
+        .where(F.col("topic") == job.spec.topic)
+        .groupBy("partition")
+        .agg(F.max("offset").alias("hi"))
+        .collect()
+    )
+    return {int(r["partition"]): int(r["hi"]) + 1 for r in rows}
+
+
+def _checkpoint_is_new(checkpoint: str) -> bool:
+    fs, path = storage.filesystem(checkpoint)
+    offsets = f"{path}/offsets"
+    return not (fs.exists(offsets) and fs.ls(offsets, detail=False))
+
+
+def resume_options(
+    asked: dict[str, str], held: dict[int, int], partitions: list[int], topic: str
+) -> dict[str, str]:
+    """Kafka start options for a new checkpoint over tables that hold ``held``.
+
+    ``asked`` is ``kafka_starting_options`` with a timestamp already resolved to
+    offsets. ``earliest`` and per-partition offsets are moved up to the held
+    positions; partitions the tables have never seen keep what was asked (or
+    their earliest, -2). ``latest`` is after anything held.
+    """
+    if not held or asked.get("startingOffsets", "latest") == "latest":
+        return asked
+    wanted: dict[int, int] = {p: -2 for p in partitions}
+    if asked["startingOffsets"] != "earliest":
+        given = json.loads(asked["startingOffsets"]).get(topic, {})
+        wanted.update({int(p): int(o) for p, o in given.items()})
+    start = {}
+    for p, o in sorted(wanted.items()):
+        h = held.get(p)
+        # -2 (earliest) and -1 (latest) are markers, not positions: held wins over earliest.
+        start[str(p)] = h if h is not None and (o == -2 or 0 <= o < h) else o
+    return {"startingOffsets": json.dumps({topic: start})}
+
+
+def _initial_offsets(spark: SparkSession, job: IngestJob, starting: str | None) -> dict[str, str]:
+    """Where a query starts: as asked, but never before what its tables already hold."""
+    start = kafka_starting_options(starting)
+    if job.skip_present or not _checkpoint_is_new(job.checkpoint):
+        return start  # a range skips what is present itself; a checkpoint knows its place
+    held = held_offsets(spark, job)
+    if not held:
+        return start
+    from riverdelta.health import watermarks
+
+    bootstrap, topic = settings().kafka_bootstrap, job.spec.topic
+    marks = watermarks(bootstrap, topic)
+    if "startingTimestamp" in start:
+        from riverdelta.backfill import offsets_for_time
+
+        at = int(start["startingTimestamp"]) / 1000
+        found = offsets_for_time(
+            bootstrap, topic, sorted(marks), at, {p: hi for p, (_, hi) in marks.items()}
+        )
+        start = {"startingOffsets": json.dumps({topic: {str(p): o for p, o in found.items()}})}
+    resumed = resume_options(start, held, sorted(marks), topic)
+    log.info("new checkpoint over tables that hold data up to %s: starting at %s", held, resumed)
+    return resumed
+
+
 def start_query(
     spark: SparkSession,
     job: IngestJob,
@@ -583,14 +819,21 @@ def start_query(
     max_offsets_per_trigger: int | None = None,
     trigger: str | None = None,
 ) -> StreamingQuery:
+    start = _initial_offsets(spark, job, starting)
     reader = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings().kafka_bootstrap)
         .option("subscribe", job.spec.topic)
-        .options(**kafka_starting_options(starting))
+        .options(**start)
     )
-    if max_offsets_per_trigger:
-        reader = reader.option("maxOffsetsPerTrigger", str(max_offsets_per_trigger))
+    # Bounded batches: a backlog is worked through in batches the health check's batch
+    # age allows, never as one huge batch. Replays take the CLI's bound only.
+    limit = max_offsets_per_trigger or (
+        job.spec.max_offsets_per_trigger if job.mode == "live" else None
+    )
+    if limit:
+        reader = reader.option("maxOffsetsPerTrigger", str(limit))
+    gold_refresher(spark, job)
     writer = (
         reader.load()
         .writeStream.queryName(f"riverdelta-{job.spec.name}-{job.mode}")

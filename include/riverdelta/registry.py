@@ -74,6 +74,8 @@ _UNITS = {
     "week": timedelta(weeks=1),
 }
 
+DEFAULT_TRIGGER = "2 seconds"
+
 _STREAM_KEYS = frozenset(
     {
         "topic",
@@ -83,6 +85,8 @@ _STREAM_KEYS = frozenset(
         "event_time_column",
         "watermark",
         "trigger",
+        "gold_trigger",
+        "max_offsets_per_trigger",
         "max_value_bytes",
         "max_future",
         "health",
@@ -178,6 +182,10 @@ class StreamSpec:
     fields: tuple[FieldSpec, ...]
     gold: tuple[GoldSpec, ...] = ()
     restart: dict[str, float] = field(default_factory=dict)
+    # The gold refresher's interval: how often touched windows are rewritten.
+    gold_trigger: str = "5 seconds"
+    # Bound on one live batch: a backlog is worked through in batches of this size.
+    max_offsets_per_trigger: int = 100_000
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -337,7 +345,9 @@ def _parse_stream(name: str, raw: dict, where: str) -> StreamSpec:
         id_column=id_field.name,
         event_time_column=et_field.name,
         watermark=_duration(ctx, raw, "watermark"),
-        trigger=_duration(ctx, raw, "trigger", default="10 seconds"),
+        trigger=_duration(ctx, raw, "trigger", default=DEFAULT_TRIGGER),
+        gold_trigger=_duration(ctx, raw, "gold_trigger", default="5 seconds"),
+        max_offsets_per_trigger=_positive_int(ctx, raw, "max_offsets_per_trigger", default=100_000),
         max_value_bytes=_positive_int(ctx, raw, "max_value_bytes", default=65536),
         max_future=_duration(ctx, raw, "max_future", default="1 day"),
         health=_parse_health(ctx, raw.get("health")),

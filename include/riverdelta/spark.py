@@ -47,6 +47,9 @@ def spark_conf(
         "spark.ui.showConsoleProgress": "false",
         "spark.driver.memory": os.environ.get("RIVERDELTA_DRIVER_MEMORY", "1g"),
         "spark.databricks.delta.snapshotPartitions": "2",
+        # The gold refresher runs beside the ingest in one driver: FAIR shares the cores
+        # between their jobs instead of queueing a batch behind a gold rewrite.
+        "spark.scheduler.mode": "FAIR",
         "spark.sql.streaming.stateStore.providerClass": (
             "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
         ),

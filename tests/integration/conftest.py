@@ -25,7 +25,9 @@ def stream_registry(tmp_path, kafka, monkeypatch):
     from riverdelta import kafka_broker
     from riverdelta.settings import settings
 
-    def make(restart: dict | None = None, health: dict | None = None) -> str:
+    def make(
+        restart: dict | None = None, health: dict | None = None, extra: dict | None = None
+    ) -> str:
         data = yaml.safe_load(settings().streams_file.read_text())
         name = f"tx{uuid.uuid4().hex[:6]}"
         stream = {**data["streams"]["transactions"], "topic": f"rd.{name}", "trigger": "2 seconds"}
@@ -33,6 +35,7 @@ def stream_registry(tmp_path, kafka, monkeypatch):
             stream["restart"] = restart
         if health:
             stream["health"] = health
+        stream.update(extra or {})
         data["streams"] = {name: stream}
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(data))

@@ -25,6 +25,7 @@ from tests.integration.ingest_helpers import (
     run_replay,
     status,
     wait_for,
+    wait_gold,
 )
 
 pytestmark = pytest.mark.integration
@@ -48,15 +49,17 @@ def last_backfill(stream: str) -> dict:
 
 def ingest_live_in_process(spark, stream: str) -> None:
     """Run the stream's live query in this process until the topic is drained, then stop."""
-    from riverdelta.ingest import make_job, start_query
+    from riverdelta.ingest import await_gold, make_job, start_query, stop_gold
     from riverdelta.registry import load_registry
 
     job = make_job(load_registry().get(stream), "live")
     query = start_query(spark, job, trigger="1 second")
     try:
         query.processAllAvailable()
+        await_gold(job)
     finally:
         query.stop()
+        stop_gold(job)
 
 
 def table_versions(stream: str) -> dict[str, int | None]:
@@ -107,8 +110,16 @@ def live_stream(name: str, seed: int) -> Iterator[Sent]:
         sent.add(produce(name, 1500, seed=seed, poison_rate=0.02, duplicate_rate=0.02))
         wait_for(lambda: status(name)["lag_records"] == 0, 300, "live catch-up")
         yield sent
+        wait_gold(_live_job(name))
     finally:
         control.stop(name, actor="test")
+
+
+def _live_job(name: str):
+    from riverdelta.ingest import make_job
+    from riverdelta.registry import load_registry
+
+    return make_job(load_registry().get(name), "live")
 
 
 def test_refusals_change_nothing_and_dry_run_reports(airflow_db, stream_registry, spark):

@@ -17,6 +17,7 @@ from tests.integration.ingest_helpers import (
     read,
     spec_on_topic,
     start_live_driver,
+    wait_gold,
 )
 
 pytestmark = pytest.mark.integration
@@ -95,6 +96,7 @@ def _crash_loop(spark, kafka, topic, lake, tmp_path, *, events: int, kills: int,
                 break
             assert procs.alive(info), procs.tail(info.log)
             time.sleep(3)
+        wait_gold(job, driver=info)
     finally:
         procs.stop(name, timeout=10)
     assert_invariants(spark, spec, job, summary)

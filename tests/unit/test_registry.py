@@ -40,10 +40,11 @@ def test_shipped_registry_parses_with_defaults_merged():
     )
     assert (tx.partitions, tx.trigger, tx.max_value_bytes, tx.max_future) == (
         3,
-        "10 seconds",
+        "2 seconds",
         65536,
         "1 day",
     )
+    assert (tx.gold_trigger, tx.max_offsets_per_trigger) == ("5 seconds", 100_000)
     assert tx.health == {"max_lag_seconds": 120, "max_batch_age_seconds": 300}
     assert tx.restart == {}
     amount = tx.field_spec("amount")
@@ -160,6 +161,11 @@ BAD_CONTRACTS = [
     (lambda s: s.update(trigger="soon"), ["trigger", "bad duration 'soon'"]),
     (lambda s: s.update(watermak="10 minutes"), ["unknown keys ['watermak']"]),
     (lambda s: s.update(partitions=0), ["'partitions' must be a positive integer"]),
+    (
+        lambda s: s.update(max_offsets_per_trigger=-5),
+        ["'max_offsets_per_trigger' must be a positive integer"],
+    ),
+    (lambda s: s.update(gold_trigger="often"), ["gold_trigger", "bad duration 'often'"]),
     (
         lambda s: s.update(health={"max_lag_seconds": "fast"}),
         ["health.max_lag_seconds must be a non-negative number"],
