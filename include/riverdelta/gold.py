@@ -83,22 +83,12 @@ def _windows_predicate(column: str, starts: list[int], size: int) -> tuple[Colum
 
 
 def recompute(silver: DataFrame, spec: StreamSpec, gold: GoldSpec, starts: list[int]):
-    """Gold rows of exactly the windows ``starts`` (epoch seconds), from ``silver``."""
+    """Gold rows of exactly the windows ``starts`` (epoch seconds), from ``silver``, in one pass."""
     from pyspark.sql import functions as F
 
-    size = window_seconds(gold)
-    cond, where = _windows_predicate(spec.event_time_column, starts, size)
-    rows = silver.where(cond)
-    stamp = rows.groupBy(
-        window_bucket(F.col(spec.event_time_column), size).alias("_ws"), *gold.group_by
-    ).agg(F.max("kafka_timestamp").alias("updated_at"))
-    agg = T.aggregate_gold(rows, spec, gold)
-    joined = agg.join(
-        stamp.withColumn("window_start", F.timestamp_seconds("_ws")).drop("_ws"),
-        on=["window_start", *gold.group_by],
-        how="left",
-    )
-    return joined.select(*agg.columns, "updated_at"), where
+    cond, where = _windows_predicate(spec.event_time_column, starts, window_seconds(gold))
+    stamp = {"updated_at": F.max("kafka_timestamp")}
+    return T.aggregate_gold(silver.where(cond), spec, gold, extra=stamp), where
 
 
 class GoldRefresher:

@@ -59,6 +59,7 @@ class DriverState:
     hwm: datetime | None = None  # event-time high-water mark of the batches before
     hwm_known_before: int | None = None  # hwm covers this app's batches < this id
     last_batch: int | None = None  # the newest batch this driver committed
+    tables_seen: set[str] = field(default_factory=set)  # layers known to exist
     gold: object | None = None  # gold.GoldRefresher, started with the query
 
 
@@ -213,6 +214,13 @@ def to_bronze(raw: DataFrame, batch_id: int, app_id: str) -> DataFrame:
         F.current_timestamp().alias("ingested_at"),
         F.lit(app_id).alias("app_id"),  # which writer: a retried batch knows its own rows
     )
+
+
+def _known_table(spark: SparkSession, job: IngestJob, layer: str) -> bool:
+    """Whether the layer's table exists; asked of Delta once per driver, then remembered."""
+    if layer not in job.state.tables_seen and _table_exists(spark, job.tables[layer]):
+        job.state.tables_seen.add(layer)
+    return layer in job.state.tables_seen
 
 
 def _previous_max_event_time(spark: SparkSession, job: IngestJob, batch_id: int):
@@ -498,7 +506,9 @@ def process_batch(job: IngestJob, raw_df: DataFrame, batch_id: int) -> dict:
             to_bronze(fresh, batch_id, job.app_id), job.tables["bronze"], job, batch_id
         )
         valid, invalid = T.split(validated)
-        if stats.reasons:  # no quarantine commit for a batch without poison
+        # No quarantine commit for a batch without poison, but the table exists from a
+        # driver's first batch on: readers and the quality gate expect every layer.
+        if stats.reasons or not _known_table(spark, job, "quarantine"):
             quarantine = T.to_quarantine(invalid).withColumn(
                 "batch_id", F.lit(batch_id).cast("long")
             )

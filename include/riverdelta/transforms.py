@@ -262,12 +262,19 @@ _AGGREGATES = {
 }
 
 
-def aggregate_gold(silver: DataFrame, stream: StreamSpec, gold: GoldSpec) -> DataFrame:
-    """Exact aggregates per event-time tumbling window and group (a batch computation)."""
+def aggregate_gold(
+    silver: DataFrame, stream: StreamSpec, gold: GoldSpec, extra: dict[str, Column] | None = None
+) -> DataFrame:
+    """Exact aggregates per event-time tumbling window and group (a batch computation).
+
+    ``extra``: more aggregates (name -> column) computed in the same pass, kept after
+    the declared ones, e.g. the gold refresher's ``updated_at``.
+    """
+    extra = extra or {}
     aggs = [
         _AGGREGATES[a.fn](F.col(a.column) if a.column else F.lit(1)).alias(a.name)
         for a in gold.aggregates
-    ]
+    ] + [col.alias(name) for name, col in extra.items()]
     window = F.window(stream.event_time_column, gold.window).alias("_window")
     return (
         silver.groupBy(window, *gold.group_by)
@@ -277,5 +284,6 @@ def aggregate_gold(silver: DataFrame, stream: StreamSpec, gold: GoldSpec) -> Dat
             F.col("_window.end").alias("window_end"),
             *gold.group_by,
             *(a.name for a in gold.aggregates),
+            *extra,
         )
     )

@@ -27,6 +27,7 @@ from tests.integration.ingest_helpers import (
     spec_on_topic,
     start_live_driver,
     wait_for,
+    wait_gold,
 )
 
 pytestmark = pytest.mark.integration
@@ -298,6 +299,10 @@ def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path
             batches_after_kill=final.last_batch_id - before.last_batch_id,
             catch_up_after_kill_s=round(time.monotonic() - t_kill, 1),
             catch_up_after_producer_s=round(time.monotonic() - traffic.finished_at, 1),
+        )
+        wait_gold(
+            make_job(spec, "live", checkpoint=str(lake / "cp"), tables_root=str(lake / "tables")),
+            driver=driver,
         )
     finally:
         procs.stop(name, timeout=10)

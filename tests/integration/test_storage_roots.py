@@ -32,7 +32,7 @@ def file_root(tmp_path):
 def test_file_uri_root(spark, kafka, topic, file_root):
     from riverdelta import health, ops, quality
     from riverdelta.generator import produce
-    from riverdelta.ingest import make_job, start_query
+    from riverdelta.ingest import make_job, start_query, stop_gold
     from riverdelta.read import read_validated
     from riverdelta.settings import settings
 
@@ -47,6 +47,7 @@ def test_file_uri_root(spark, kafka, topic, file_root):
     query = start_query(spark, job, starting="earliest")
     query.awaitTermination()
     assert query.exception() is None
+    stop_gold(job)  # as the replay driver does at its end
 
     counts = assert_invariants(spark, spec, job, summary)
     assert counts["bronze"] == summary["sent"] == 400

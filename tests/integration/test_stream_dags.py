@@ -25,7 +25,7 @@ def test_deploy_watch_stop_restart(airflow_db, stream_registry, spark):
     from riverdelta import ops, procs
     from riverdelta.ingest import make_job
     from riverdelta.registry import load_registry
-    from tests.integration.ingest_helpers import assert_invariants
+    from tests.integration.ingest_helpers import assert_invariants, wait_gold
 
     name = stream_registry()
     sent = Sent()
@@ -69,12 +69,12 @@ def test_deploy_watch_stop_restart(airflow_db, stream_registry, spark):
     assert restarted is not None and restarted.pid != info.pid and procs.alive(restarted)
     wait_for(lambda: status(name)["lag_records"] == 0, 300, "catch-up after restart")
 
+    spec = load_registry().get(name)
+    job = make_job(spec, "live")
+    wait_gold(job, driver=restarted)
     history = [h["event"] for h in ops.history(name)]
     assert history.count("deploy") == 2 and "stop" in history and "restart" in history
     assert run_dag(name, "stop").state == "success"
-
-    spec = load_registry().get(name)
-    job = make_job(spec, "live")
     assert_invariants(spark, spec, job, sent.summary)
 
 
