@@ -202,6 +202,7 @@ class GoldRefresher:
                 windows = {k: sorted(v) for k, v in self._pending.items()}
                 self._pending = {g.name: set() for g in self.spec.gold}
                 self._busy = True
+            started = time.monotonic()
             try:
                 self._refresh(batch, windows)
                 self.covered_batch = batch
@@ -215,8 +216,12 @@ class GoldRefresher:
             with self._cv:
                 self._busy = False
                 self._cv.notify_all()
-                # The trigger: at most one pass per interval, unless someone waits for it.
-                self._cv.wait_for(lambda: self._stop or self._flushing, self.interval)
+                # The trigger: at most one pass per interval, unless someone waits for it;
+                # and never more than a third of the time, so under a heavy load gold
+                # slows down (and coalesces more batches per pass) instead of taking the
+                # cores from the ingest.
+                pause = max(self.interval, 2 * (time.monotonic() - started))
+                self._cv.wait_for(lambda: self._stop or self._flushing, pause)
 
     def _refresh(self, batch: int, windows: dict[str, list[int]]) -> None:
         for gold in self.spec.gold:
