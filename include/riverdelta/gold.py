@@ -61,25 +61,33 @@ def window_bucket(et: Column, seconds: int) -> Column:
     return F.floor(F.unix_micros(et) / F.lit(seconds * 1_000_000)) * F.lit(seconds)
 
 
-def _windows_predicate(column: str, starts: list[int], size: int) -> tuple[Column, str]:
-    """(filter on silver's event time, replaceWhere SQL on gold's window_start).
+def in_time_ranges(column: str, ranges: list[tuple[int, int]]) -> Column:
+    """Rows whose ``column`` falls in one of the [lo, hi) epoch-second ranges.
 
-    Epoch seconds throughout: no Python datetime crosses into Spark, so the
-    driver's local time zone cannot shift a window.
+    The column itself is compared with constant timestamps (``timestamp_seconds``
+    of a literal folds to one), so Delta's per-file statistics skip every file
+    outside the ranges; a function of the column would defeat that. Epoch seconds
+    throughout: the driver's local time zone cannot shift a range.
     """
     from pyspark.sql import functions as F
 
-    micros = F.unix_micros(F.col(column))
+    col = F.col(column)
+    cond = None
+    for lo, hi in ranges:
+        c = (col >= F.timestamp_seconds(F.lit(lo))) & (col < F.timestamp_seconds(F.lit(hi)))
+        cond = c if cond is None else cond | c
+    return cond if cond is not None else F.lit(False)
+
+
+def _windows_predicate(column: str, starts: list[int], size: int) -> tuple[Column, str]:
+    """(filter on silver's event time, replaceWhere SQL on gold's window_start)."""
     lo, hi = min(starts), max(starts)
     if len(starts) > MAX_LISTED_WINDOWS:
-        cond = (micros >= F.lit(lo * 1_000_000)) & (micros < F.lit((hi + size) * 1_000_000))
-        return cond, f"unix_seconds(window_start) BETWEEN {lo} AND {hi}"
-    cond = None
-    for s in starts:
-        c = (micros >= F.lit(s * 1_000_000)) & (micros < F.lit((s + size) * 1_000_000))
-        cond = c if cond is None else cond | c
+        where = f"unix_seconds(window_start) BETWEEN {lo} AND {hi}"
+        return in_time_ranges(column, [(lo, hi + size)]), where
     listed = ", ".join(str(s) for s in starts)
-    return cond, f"unix_seconds(window_start) IN ({listed})"
+    where = f"unix_seconds(window_start) IN ({listed})"
+    return in_time_ranges(column, [(s, s + size) for s in starts]), where
 
 
 def recompute(silver: DataFrame, spec: StreamSpec, gold: GoldSpec, starts: list[int]):
