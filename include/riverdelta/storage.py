@@ -72,7 +72,14 @@ def makedirs(uri: str) -> None:
 
 
 def is_delta_table(uri: str) -> bool:
-    return exists(join(uri, "_delta_log"))
+    """A table exists once its first commit does, not when ``_delta_log/`` does.
+
+    A writer creates the directory before its first commit lands, and a reader that
+    opens it in between gets "No files in log segment". Two stats, not a listing: log
+    clean-up removes version 0 only after a checkpoint has been written.
+    """
+    log_dir = join(uri, "_delta_log")
+    return exists(join(log_dir, f"{0:020d}.json")) or exists(join(log_dir, "_last_checkpoint"))
 
 
 # --------------------------------------------------------------------------- fsspec

@@ -137,3 +137,19 @@ def test_standalone_apps_are_capped(env):
     env["RIVERDELTA_SPARK_MASTER"] = "local[2]"
     settings.cache_clear()
     assert "spark.cores.max" not in spark_conf("app")
+
+
+def test_a_log_directory_without_a_commit_is_not_a_table(tmp_path):
+    # A writer makes _delta_log/ before its first commit lands; delta-rs cannot open that.
+    table = tmp_path / "gold"
+    (table / "_delta_log").mkdir(parents=True)
+    assert not storage.is_delta_table(str(table))
+    storage.write_delta(str(table), _one_row())
+    assert storage.is_delta_table(str(table))
+    assert storage.delta_table(str(table)).version() == 0
+
+
+def _one_row():
+    import pyarrow as pa
+
+    return pa.table({"x": [1]})
