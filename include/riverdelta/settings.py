@@ -20,6 +20,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 ENVIRONMENTS = ("embedded", "compose")
+VALIDATION_ENGINES = ("auto", "pandas", "spark")
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,9 @@ class Settings:
     kafka_min_insync_replicas: int = 1
     s3_endpoint: str | None = None  # S3-compatible endpoint (MinIO); None = AWS
     airflow_url: str = "http://localhost:8080"
+    # The quality gate's engine: auto = pandas up to the row bound, Spark above it.
+    validation_engine: str = "auto"
+    validation_pandas_max_rows: int = 250_000
 
     @property
     def run_dir(self) -> Path:
@@ -131,6 +135,12 @@ def load_settings() -> Settings:
             f"min.insync.replicas={min_isr} must be between 1 and the replication factor "
             f"{replication} (RIVERDELTA_KAFKA_MIN_INSYNC_REPLICAS)"
         )
+    engine = os.environ.get("RIVERDELTA_VALIDATION_ENGINE") or "auto"
+    if engine not in VALIDATION_ENGINES:
+        raise ConfigError(
+            f"RIVERDELTA_VALIDATION_ENGINE={engine!r}: expected one of "
+            f"{', '.join(VALIDATION_ENGINES)} (auto chooses by size)"
+        )
     lake = value("lake")
     control = os.environ.get("RIVERDELTA_CONTROL") or _default_control(lake, home)
     return Settings(
@@ -149,6 +159,8 @@ def load_settings() -> Settings:
         kafka_min_insync_replicas=min_isr,
         s3_endpoint=value("s3_endpoint") or None,
         airflow_url=value("airflow_url"),
+        validation_engine=engine,
+        validation_pandas_max_rows=_int("RIVERDELTA_VALIDATION_PANDAS_MAX_ROWS", 250_000),
     )
 
 

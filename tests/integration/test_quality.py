@@ -247,3 +247,94 @@ def test_validation_vs_scan_measurement(spark, lake_env):
     m = quality.time_validation_vs_scan(SILVER, spark=spark)
     assert m["rows"] == 200 and m["success"]
     assert m["scan_seconds"] > 0 and m["ratio"] > 0
+
+
+# --------------------------------------------------------------------------- two engines
+
+
+def _both_engines(monkeypatch, spark, table: str, **kwargs) -> dict[str, dict]:
+    """The same validation with GX's pandas engine and with its Spark engine (no publishing)."""
+    from riverdelta.settings import settings
+
+    results = {}
+    for engine in ("pandas", "spark"):
+        monkeypatch.setenv("RIVERDELTA_VALIDATION_ENGINE", engine)
+        settings.cache_clear()
+        try:
+            res = quality.validate_table(table, spark=spark, publish_on_pass=False, **kwargs)
+        except quality.ValidationFailedError as exc:
+            res = exc.result
+        assert res["engine"] == engine
+        results[engine] = res
+    monkeypatch.delenv("RIVERDELTA_VALIDATION_ENGINE")
+    settings.cache_clear()
+    return results
+
+
+def _verdict(res: dict) -> tuple:
+    """What a person acts on: the outcome, the rows, and each failure with its bad values."""
+    failed = []
+    for f in res["failed"]:
+        d = f["details"]
+        bad = sorted(str(v) for v in d.get("partial_unexpected_list") or [])
+        observed = str(f["observed_value"]).split("; first:")[0]
+        failed.append(
+            (f["expectation"], str(f["column"]), d.get("unexpected_count"), bad, observed)
+        )
+    return res["success"], res["rows_checked"], res["from_version"], sorted(failed)
+
+
+def test_pandas_and_spark_engines_agree_on_planted_violations(spark, lake_env, monkeypatch):
+    append(spark, SILVER, [txn(i) for i in range(20)])
+    base = quality.validate_table(SILVER, spark=spark)
+    # A small table is validated without a JVM by default.
+    assert base["success"] and base["engine"] == "pandas"
+    bad = [
+        txn(20, batch=1, amount=Decimal("-5.00")),
+        txn(21, batch=1, currency="XXX"),
+        txn(22, batch=1, action="steal"),
+        txn(23, batch=1, user_id=None),
+        txn(24, batch=1, event_time=datetime(2999, 1, 1, tzinfo=UTC)),
+        txn(25, batch=1, event_id="e-3"),  # a duplicate across increments
+        *(txn(i, batch=1) for i in range(26, 40)),
+    ]
+    append(spark, SILVER, bad)
+    inc = _both_engines(monkeypatch, spark, SILVER)
+    assert _verdict(inc["pandas"]) == _verdict(inc["spark"])
+    success, rows, since, failed = _verdict(inc["pandas"])
+    assert (success, rows, since) == (False, 20, 0)
+    assert {(f[1], f[2]) for f in failed} == {
+        ("amount", 1), ("currency", 1), ("action", 1), ("user_id", 1), ("event_time", 1)
+    }  # fmt: skip
+    full = _both_engines(monkeypatch, spark, SILVER, full=True)
+    assert _verdict(full["pandas"]) == _verdict(full["spark"])
+    assert ("expect_column_values_to_be_unique", "event_id", 2) in {
+        f[:3] for f in _verdict(full["pandas"])[3]
+    }
+
+
+def test_pandas_and_spark_engines_agree_on_gold(spark, lake_env, monkeypatch):
+    gold = "transactions_gold_user_5m"
+    rows = [txn(i) for i in range(60)]
+    append(spark, SILVER, rows)
+    _gold_rows(spark, rows).write.format("delta").option("txnAppId", "app-1").option(
+        "txnVersion", 0
+    ).save(table_path(gold))
+    ok = _both_engines(monkeypatch, spark, gold)
+    assert ok["pandas"]["success"] and ok["spark"]["success"]
+    assert _verdict(ok["pandas"]) == _verdict(ok["spark"])
+
+    from delta.tables import DeltaTable
+
+    DeltaTable.forPath(spark, table_path(gold)).update(
+        condition="window_start = timestamp'2025-03-01 12:00:00' and user_id in ('user-0', 'user-1')",
+        set={"event_count": "event_count + 1"},
+    )
+    # A silver row not yet reflected in gold (batch 1 > gold's txn 0) keeps its window
+    # (12:00, user-1) out of the comparison; 12:05 onwards are still open (watermark).
+    append(spark, SILVER, [txn(1000, batch=1, event_time=BASE)])
+    bad = _both_engines(monkeypatch, spark, gold)
+    assert _verdict(bad["pandas"]) == _verdict(bad["spark"])
+    (failure,) = bad["pandas"]["failed"]
+    assert failure["observed_value"].startswith("1 closed window(s) differ from silver")
+    assert failure["details"]["sample"][0]["key"]["user_id"] == "user-0"
