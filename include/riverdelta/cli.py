@@ -168,6 +168,25 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_suites(args: argparse.Namespace) -> int:
+    import json
+
+    from riverdelta.quality import all_tables, load_suite
+
+    if args.show is None:
+        for table in all_tables():
+            doc = load_suite(table)
+            by_file = sum(e["meta"]["source"] == "file" for e in doc["expectations"])
+            print(f"{table}: {len(doc['expectations'])} expectations ({by_file} from its file), "
+                  f"checks {[c['check'] for c in doc['riverdelta_checks']]}")  # fmt: skip
+        return 0
+    try:
+        print(json.dumps(load_suite(args.show), indent=2, default=str))
+    except KeyError as exc:
+        raise ValueError(f"{exc.args[0]} (see `riverdelta suites` for the list)") from None
+    return 0
+
+
 def _cmd_tables(args: argparse.Namespace) -> int:
     import json
 
@@ -275,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table")
     p.add_argument("--full", action="store_true", help="validate every row, not only the new ones")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser(
+        "suites", help="each table's effective suite: derived from the contract, refined by file"
+    )
+    p.add_argument("--show", metavar="TABLE", help="print TABLE's effective suite as JSON")
+    p.set_defaults(func=_cmd_suites)
 
     p = sub.add_parser("tables", help="tables with latest and validated versions, rows, last check")
     p.add_argument("--json", action="store_true")

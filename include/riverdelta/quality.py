@@ -1,8 +1,10 @@
 """The quality gate: Great Expectations suites over Delta tables, and the validated pointer.
 
 Suites
-    ``expectations/<table>.json`` is a GX 1.x suite (``name``, ``expectations`` of
-    ``{type, kwargs, meta}``) reviewed like code. Two additions GX does not know:
+    Each table's suite is derived from its stream's contract and refined by an
+    optional ``expectations/<table>.json`` (see ``riverdelta.suites``; ``riverdelta
+    suites --show TABLE`` prints the result). A suite document is GX 1.x (``name``,
+    ``expectations`` of ``{type, kwargs, meta}``) with two additions GX does not know:
 
     - Time placeholders, because a static file cannot hold "now". A kwarg value
       ``{"$now_plus": "1 day"}`` / ``{"$now_minus": "30 days"}`` / ``{"$timestamp":
@@ -18,8 +20,10 @@ Incremental validation
     latest version ``to_version`` and, for the append-only layers (bronze, silver,
     quarantine), validates only the rows in Parquet files added after the validated
     version: the set difference of the two snapshots' file lists (delta-rs, metadata
-    only), read with Spark as plain Parquet under the pinned version's schema. That is
-    exact for blind appends and reads nothing else. Delta's Change Data Feed would
+    only), read as plain Parquet under the pinned version's schema: by GX's pandas
+    engine through delta-rs up to the row bound of ``riverdelta.quality_engine``
+    (no JVM), by Spark above it. That is exact for blind appends and reads nothing
+    else. Delta's Change Data Feed would
     need ``delta.enableChangeDataFeed`` on the tables, and turning it on is a
     metadata commit that makes the live stream's concurrent append fail, so it is
     not used. The run falls back to a full validation (and says why in
@@ -29,7 +33,7 @@ Incremental validation
 
 Full validation policy
     Full when asked (``full=True``), on the first validation of a table (or of a new
-    path), always for gold (MERGE-updated, small), and periodically: when the last
+    path), always for gold (its touched windows are rewritten in place), and periodically: when the last
     full validation of the table is more than ``RIVERDELTA_FULL_EVERY_VERSIONS``
     versions (default 500) or ``RIVERDELTA_FULL_EVERY_HOURS`` hours (default 24)
     behind. Uniqueness expectations see only the rows they are given, so duplicates
@@ -82,7 +86,7 @@ from riverdelta.quality_engine import (
     readable_by_delta_rs,
     spark_rows,
 )
-from riverdelta.settings import PROJECT_ROOT, settings
+from riverdelta.settings import settings
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -91,7 +95,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("riverdelta.quality")
 
-SUITES_DIR = PROJECT_ROOT / "expectations"
 HISTORY_TABLE = "validation_history"
 PUBLICATIONS = "publications"
 INGEST_BATCHES = "ingest_batches"
@@ -196,22 +199,16 @@ def _gold_spec(spec: StreamSpec, name: str):
 # --------------------------------------------------------------------------- suites
 
 
-def suite_file(table: str) -> Path:
-    return SUITES_DIR / f"{table}.json"
-
-
 def load_suite(table: str) -> dict[str, Any]:
-    """The suite document of ``table`` as stored (placeholders unresolved)."""
-    path = suite_file(table)
-    if not path.exists():
-        raise FileNotFoundError(f"no expectation suite for {table}: expected {path}")
-    doc = json.loads(path.read_text())
-    if doc.get("name") != table:
-        raise ValueError(f"{path}: suite name {doc.get('name')!r} does not match the file name")
+    """The effective suite of ``table``: derived from the contract, refined by its file."""
+    from riverdelta.suites import effective_suite, suite_file
+
+    doc = effective_suite(table)
     for check in doc.get("riverdelta_checks", []):
         if check.get("check") not in CHECKS:
             raise ValueError(
-                f"{path}: unknown riverdelta check {check.get('check')!r}; known: {sorted(CHECKS)}"
+                f"{suite_file(table)}: unknown riverdelta check {check.get('check')!r}; "
+                f"known: {sorted(CHECKS)}"
             )
     return doc
 
@@ -1012,7 +1009,7 @@ def _decide_full(
     if since is None and pub and pub["path"] == ref.path and pub["validated_version"] == to_version:
         return False, "up to date", to_version  # gold included: nothing new to check
     if ref.layer not in APPEND_ONLY_LAYERS:
-        return True, "gold tables are MERGE-updated", None
+        return True, "gold windows are rewritten in place", None
     if since is not None and since <= to_version:
         return False, "incremental", since  # an audit of this very path vouches for <= since
     if pub is None or pub["path"] != ref.path:

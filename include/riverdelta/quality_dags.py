@@ -12,6 +12,7 @@ DAG files import this module: heavy libraries are imported inside the task.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
@@ -23,7 +24,18 @@ from riverdelta.registry import load_registry
 
 # Announcements normally trigger a run within seconds of a new version; the cron
 # only bounds how stale the validated version can get when they do not come.
-FALLBACK_CRON = "*/30 * * * *"
+FALLBACK_EVERY_MINUTES = 30
+
+
+def fallback_cron(table: str) -> str:
+    """Every 30 minutes, at a minute of its own: the fallbacks of all tables do not
+    start in the same minute and queue behind each other (crc32: stable across
+    processes, unlike ``hash``)."""
+    minute = zlib.crc32(table.encode()) % FALLBACK_EVERY_MINUTES
+    minutes = range(minute, 60, FALLBACK_EVERY_MINUTES)
+    return f"{','.join(map(str, minutes))} * * * *"
+
+
 SUMMARY_KEYS = (
     "table",
     "from_version",
@@ -40,7 +52,7 @@ SUMMARY_KEYS = (
 
 def quality_schedule(table: str) -> AssetOrTimeSchedule:
     return AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(FALLBACK_CRON, timezone="UTC"),
+        timetable=CronTriggerTimetable(fallback_cron(table), timezone="UTC"),
         assets=table_asset(table),
     )
 
@@ -69,11 +81,14 @@ def _table_missing(table: str) -> bool:
 def _doc_md(table: str, stream: str, layer: str) -> str:
     return (
         f"### Quality gate of `{table}`\n\n"
-        f"Validates `{table}` ({layer} of stream `{stream}`) with its suite "
-        f"`expectations/{table}.json` and, if it passes, publishes the validated version "
-        "analysts read.\n\n"
+        f"Validates `{table}` ({layer} of stream `{stream}`) with its suite (derived from "
+        f"the stream's contract, refined by `expectations/{table}.json` if present; "
+        f"`riverdelta suites --show {table}` prints it) and, if it passes, publishes the "
+        "validated version analysts read. Increments up to the row bound are validated "
+        "in the task's own process (GX pandas over delta-rs, no JVM); larger ones with "
+        "Spark.\n\n"
         f"- **Triggered** by the asset event `stream_{stream}` emits for each new Delta "
-        f"version of the table, with a fallback schedule (`{FALLBACK_CRON}`, UTC). Runs do "
+        f"version of the table, with a fallback schedule (`{fallback_cron(table)}`, UTC). Runs do "
         "not overlap (`max_active_runs=1`); announcements that arrive during a run are "
         "covered by the next one.\n"
         "- **Which version**: the task pins the table's latest version when it starts, which "

@@ -281,19 +281,6 @@ def _business_columns(layer: str, columns: list[str]) -> list[str]:
     return [c for c in columns if c not in drop]
 
 
-def suites_for(name: str, folder: Path, monkeypatch) -> None:
-    """The transactions suites, renamed for a test stream with the transactions contract."""
-    from riverdelta import quality
-
-    folder.mkdir(exist_ok=True)
-    for src in quality.SUITES_DIR.glob("transactions_*.json"):
-        table = name + src.stem.removeprefix("transactions")
-        doc = json.loads(src.read_text().replace('"rd.transactions"', f'"rd.{name}"'))
-        doc["name"] = table
-        (folder / f"{table}.json").write_text(json.dumps(doc))
-    monkeypatch.setattr(quality, "SUITES_DIR", folder)
-
-
 def test_rebuild_equals_a_fresh_replay_and_hands_over(
     airflow_db, stream_registry, spark, tmp_path, monkeypatch
 ):
@@ -303,7 +290,7 @@ def test_rebuild_equals_a_fresh_replay_and_hands_over(
 
     name = stream_registry()
     spec = load_registry().get(name)
-    suites_for(name, tmp_path / "suites", monkeypatch)
+    # No suite file for the test stream: its suites are derived from its contract.
     old_root = stream_location(name)["tables_root"]
     with live_stream(name, seed=31) as sent:
         with Producer(name, seed=3000) as during:

@@ -12,7 +12,7 @@ def test_every_table_gets_an_asset_triggered_dag_with_a_time_fallback():
 
     from riverdelta.alerts import page
     from riverdelta.dag_factory import table_asset
-    from riverdelta.quality_dags import FALLBACK_CRON, quality_dags
+    from riverdelta.quality_dags import fallback_cron, quality_dags
     from riverdelta.registry import load_registry
 
     tables = [t for s in load_registry().streams.values() for t in s.table_names().values()]
@@ -27,13 +27,17 @@ def test_every_table_gets_an_asset_triggered_dag_with_a_time_fallback():
         # Exactly the table's own asset: another table's new version must not trigger it.
         assert timetable.asset_condition == table_asset(table)
         assert isinstance(timetable.timetable, CronTriggerTimetable)
-        assert timetable.timetable.expression == FALLBACK_CRON == "*/30 * * * *"
+        assert timetable.timetable.expression == fallback_cron(table)
         assert (dag.catchup, dag.max_active_runs) == (False, 1)
         assert dict(dag.params) == {"full": False}
         assert dag.params.get_param("full").schema["type"] == "boolean"
         assert [t.task_id for t in dag.tasks] == ["validate_table"]
         assert dag.tasks[0].on_failure_callback == [page]
         assert "pins the table's latest version when it starts" in dag.doc_md
+    # Every 30 minutes, not all in the same minute.
+    minutes = [fallback_cron(t).split()[0].split(",") for t in tables]
+    assert all(len(m) == 2 and int(m[1]) - int(m[0]) == 30 for m in minutes)
+    assert len({m[0] for m in minutes}) >= 6
 
 
 def test_unknown_table_is_refused_with_the_known_ones():

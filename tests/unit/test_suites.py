@@ -1,4 +1,4 @@
-"""The expectation suites in expectations/ load into GX and match the registry's tables."""
+"""Each table's suite, derived from the contract and refined by expectations/, loads into GX."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from riverdelta import quality
+from riverdelta import quality, suites
 from riverdelta.registry import load_registry
 
 pytestmark = pytest.mark.unit
 
-SUITE_FILES = sorted(quality.SUITES_DIR.glob("*.json"))
+TABLES = quality.all_tables()
 
 
 def _fields_with(attr: str):
@@ -21,29 +21,29 @@ def _fields_with(attr: str):
                 yield spec, f
 
 
-def test_every_table_has_a_suite_and_every_suite_a_table():
-    tables = set(quality.all_tables())
-    suites = {p.stem for p in SUITE_FILES}
-    assert tables - suites == set(), "tables without a suite"
-    assert suites - tables == set(), "suites for tables the registry does not have"
+def test_every_suite_file_refines_a_table_of_the_registry():
+    files = {p.stem for p in suites.SUITES_DIR.glob("*.json")}
+    assert files - set(TABLES) == set(), "suite files for tables the registry does not have"
 
 
-@pytest.mark.parametrize("path", SUITE_FILES, ids=lambda p: p.stem)
-def test_suite_builds_in_gx(path):
+@pytest.mark.parametrize("table", TABLES)
+def test_suite_builds_in_gx(table):
     import great_expectations as gx
 
-    suite = quality.build_suite(path.stem)
+    suite = quality.build_suite(table)
     assert isinstance(suite, gx.ExpectationSuite)
-    assert suite.name == path.stem
-    assert len(suite.expectations) == len(quality.load_suite(path.stem)["expectations"]) > 0
+    assert suite.name == table
+    assert len(suite.expectations) == len(quality.load_suite(table)["expectations"]) > 0
+    # Data Docs show where each expectation came from.
+    assert all(e.notes.startswith(("[contract]", "[expectations/")) for e in suite.expectations)
 
 
-@pytest.mark.parametrize("path", SUITE_FILES, ids=lambda p: p.stem)
-def test_suite_names_only_existing_columns(path):
-    doc = quality.load_suite(path.stem)
-    unknown = quality.suite_columns(doc) - quality.expected_columns(path.stem)
-    assert unknown == set(), f"{path.name} names columns the table does not have"
-    ref = quality.resolve_table(path.stem)
+@pytest.mark.parametrize("table", TABLES)
+def test_suite_names_only_existing_columns(table):
+    doc = quality.load_suite(table)
+    unknown = quality.suite_columns(doc) - quality.expected_columns(table)
+    assert unknown == set(), f"{table}'s suite names columns the table does not have"
+    ref = quality.resolve_table(table)
     for check in doc.get("riverdelta_checks", []):
         assert check["check"] in quality.CHECKS
         if "gold" in check:
@@ -105,6 +105,66 @@ def test_unknown_check_is_refused(tmp_path, monkeypatch):
     bad.write_text(
         '{"name": "transactions_bronze", "expectations": [], "riverdelta_checks": [{"check": "nope"}]}'
     )
-    monkeypatch.setattr(quality, "SUITES_DIR", tmp_path)
+    monkeypatch.setattr(suites, "SUITES_DIR", tmp_path)
     with pytest.raises(ValueError, match="unknown riverdelta check 'nope'"):
         quality.load_suite("transactions_bronze")
+
+
+def _rules(doc: dict) -> dict:
+    return {(e["type"], str(e["kwargs"].get("column"))): e for e in doc["expectations"]}
+
+
+def test_a_file_overrides_adds_and_drops_what_the_contract_derives(tmp_path, monkeypatch):
+    derived = suites.derived_suite("transactions_silver")
+    (tmp_path / "transactions_silver.json").write_text(
+        """{"name": "transactions_silver",
+            "expectations": [
+              {"type": "expect_column_values_to_be_between",
+               "kwargs": {"column": "amount", "min_value": 0, "max_value": 100000},
+               "meta": {"why": "No single payment above 100k."}},
+              {"type": "expect_column_value_lengths_to_be_between",
+               "kwargs": {"column": "merchant", "min_value": 1, "max_value": 80}}],
+            "drop": [{"type": "expect_column_values_to_not_be_null", "column": "merchant"}],
+            "riverdelta_checks": [{"check": "reconcile_bronze"}]}"""
+    )
+    monkeypatch.setattr(suites, "SUITES_DIR", tmp_path)
+    doc = quality.load_suite("transactions_silver")
+    rules = _rules(doc)
+    amount = rules[("expect_column_values_to_be_between", "amount")]
+    assert amount["kwargs"]["max_value"] == 100000 and amount["meta"]["source"] == "file"
+    assert (
+        amount["notes"] == "[expectations/transactions_silver.json] No single payment above 100k."
+    )
+    assert (
+        rules[("expect_column_value_lengths_to_be_between", "merchant")]["meta"]["source"] == "file"
+    )
+    assert ("expect_column_values_to_not_be_null", "merchant") not in rules
+    assert len(doc["expectations"]) == len(derived["expectations"]) + 1 - 1
+    assert doc["riverdelta_checks"] == [{"check": "reconcile_bronze"}]
+    kept = rules[("expect_column_values_to_not_be_null", "event_id")]
+    assert kept["meta"]["source"] == "contract" and kept["notes"].startswith("[contract]")
+
+
+def test_dropping_what_the_contract_does_not_derive_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "transactions_silver.json").write_text(
+        '{"drop": [{"type": "expect_column_values_to_not_be_null", "column": "nope"}]}'
+    )
+    monkeypatch.setattr(suites, "SUITES_DIR", tmp_path)
+    with pytest.raises(ValueError, match="drop names expectations the contract does not derive"):
+        quality.load_suite("transactions_silver")
+
+
+def test_a_stream_with_no_suite_file_gets_its_suites_from_the_contract(tmp_path, monkeypatch):
+    monkeypatch.setattr(suites, "SUITES_DIR", tmp_path)  # no files at all
+    for spec in load_registry().streams.values():
+        for table in spec.table_names().values():
+            doc = quality.load_suite(table)
+            assert doc["expectations"] and all(
+                e["meta"]["source"] == "contract" for e in doc["expectations"]
+            )
+    bronze = quality.load_suite("transactions_bronze")
+    assert {"check": "reconcile_bronze"} in bronze["riverdelta_checks"]
+    topic = _rules(bronze)[("expect_column_values_to_be_in_set", "topic")]
+    assert topic["kwargs"]["value_set"] == ["rd.transactions"]
+    gold = quality.load_suite("transactions_gold_user_5m")
+    assert gold["riverdelta_checks"] == [{"check": "gold_matches_silver", "gold": "user_5m"}]
