@@ -180,10 +180,18 @@ def _cmd_suites(args: argparse.Namespace) -> int:
             print(f"{table}: {len(doc['expectations'])} expectations ({by_file} from its file), "
                   f"checks {[c['check'] for c in doc['riverdelta_checks']]}")  # fmt: skip
         return 0
-    try:
-        print(json.dumps(load_suite(args.show), indent=2, default=str))
-    except KeyError as exc:
-        raise ValueError(f"{exc.args[0]} (see `riverdelta suites` for the list)") from None
+    print(json.dumps(load_suite(args.show), indent=2, default=str))
+    return 0
+
+
+def _cmd_failed_rows(args: argparse.Namespace) -> int:
+    import json
+
+    from riverdelta.quality import failed_rows, resolve_table
+
+    resolve_table(args.table)  # an unknown table is an error, not an empty answer
+    for row in failed_rows(args.table, args.run_id):
+        print(json.dumps(row, default=str))
     return 0
 
 
@@ -301,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", metavar="TABLE", help="print TABLE's effective suite as JSON")
     p.set_defaults(func=_cmd_suites)
 
+    p = sub.add_parser(
+        "failed-rows", help="the rows failed validations named, from _ops/failed_rows (JSON lines)"
+    )
+    p.add_argument("table")
+    p.add_argument("--run-id", help="one validation run's rows only")
+    p.set_defaults(func=_cmd_failed_rows)
+
     p = sub.add_parser("tables", help="tables with latest and validated versions, rows, last check")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_tables)
@@ -323,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ConfigError, RuntimeError, ValueError, FileNotFoundError) as exc:
         print(f"riverdelta: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:  # unknown stream or table: the message lists the known ones
+        print(f"riverdelta: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
 
 

@@ -526,9 +526,8 @@ def _gx_context():
 _GX_SOURCES = {"spark": "riverdelta", "pandas": "riverdelta_pandas"}
 
 
-def _gx_objects(ctx, table: str, suite_doc: dict[str, Any], engine: str = "spark"):
+def _gx_objects(ctx, table: str, suite_doc: dict[str, Any], engine: str, index_columns: list[str]):
     import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
 
     name = _GX_SOURCES[engine]
     try:
@@ -548,14 +547,67 @@ def _gx_objects(ctx, table: str, suite_doc: dict[str, Any], engine: str = "spark
     definition = ctx.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=table, data=batch, suite=suite)
     )
+    # No Data Docs action: sensitive values are redacted from the stored result first
+    # (_publish_docs). SUMMARY plus index columns names up to 20 failing rows per
+    # expectation by their Kafka coordinates, in both engines.
     return ctx.checkpoints.add_or_update(
         gx.Checkpoint(
             name=table,
             validation_definitions=[definition],
-            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DATA_DOCS_SITE])],
-            result_format="SUMMARY",
+            actions=[],
+            result_format={
+                "result_format": "SUMMARY",
+                "unexpected_index_column_names": index_columns,
+            },
         )
     )
+
+
+def _index_columns(ref: TableRef) -> list[str]:
+    """The columns that name a row a person can look up (Kafka coordinates, ids, keys)."""
+    spec = ref.spec
+    if ref.layer in ("bronze", "quarantine"):
+        return ["topic", "partition", "offset"]
+    if ref.layer == "silver":
+        return ["topic", "partition", "offset", spec.id_column]
+    gold = _gold_spec(spec, ref.layer.removeprefix("gold_"))
+    return ["window_start", *gold.group_by]
+
+
+REDACTED = "<redacted>"
+
+
+def _expectation_columns(kwargs: dict[str, Any]) -> set[str]:
+    cols = {kwargs.get("column"), kwargs.get("column_A"), kwargs.get("column_B")}
+    return {c for c in [*cols, *(kwargs.get("column_list") or [])] if c}
+
+
+def _redact_results(checkpoint_result, sensitive: frozenset[str]) -> None:
+    """Sensitive fields' values out of GX's results, before they are stored or rendered."""
+    if not sensitive:
+        return
+    for suite_result in checkpoint_result.run_results.values():
+        for er in suite_result.results:
+            result = er.result or {}
+            if _expectation_columns(er.expectation_config.kwargs or {}) & sensitive:
+                for key in ("partial_unexpected_list", "unexpected_list"):
+                    if result.get(key):
+                        result[key] = [REDACTED for _ in result[key]]
+                for item in result.get("partial_unexpected_counts") or []:
+                    item["value"] = REDACTED
+            for row in result.get("partial_unexpected_index_list") or []:
+                if isinstance(row, dict):
+                    row.update({k: REDACTED for k in row if k in sensitive})
+
+
+def _publish_docs(ctx, checkpoint_result) -> None:
+    """Store the (redacted) results over GX's own copy, then render their Data Docs pages."""
+    keys = list(checkpoint_result.run_results)
+    for key, suite_result in checkpoint_result.run_results.items():
+        ctx.validation_results_store.set(key, suite_result)
+    # The suite's own page too: it shows each expectation's note ([contract] / [file]).
+    suites = [key.expectation_suite_identifier for key in keys]
+    ctx.build_data_docs(site_names=[DATA_DOCS_SITE], resource_identifiers=[*keys, *suites])
 
 
 def _jsonable(value: Any) -> Any:
@@ -563,10 +615,17 @@ def _jsonable(value: Any) -> Any:
 
 
 def _same_in_both_engines(value: Any) -> Any:
-    # pandas hands back zone-aware UTC timestamps, Spark naive ones in its UTC session:
-    # a failure reads the same whichever engine found it.
-    if isinstance(value, datetime) and value.tzinfo is not None:
-        return value.astimezone(UTC).replace(tzinfo=None)
+    # pandas hands back zone-aware UTC timestamps and numpy scalars, Spark naive
+    # timestamps in its UTC session and Python ints: a failure reads the same
+    # whichever engine found it.
+    if isinstance(value, dict):
+        return {k: _same_in_both_engines(v) for k, v in value.items()}
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return datetime.fromisoformat(value.isoformat())  # a plain datetime, not pandas'
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        return value.item()
     return value
 
 
@@ -592,10 +651,9 @@ def _gx_failures(checkpoint_result) -> list[dict[str, Any]]:
             if column is None and "column_A" in kwargs:
                 column = [kwargs["column_A"], kwargs["column_B"]]
             result = dict(er.result or {})
-            if result.get("partial_unexpected_list"):
-                result["partial_unexpected_list"] = [
-                    _same_in_both_engines(v) for v in result["partial_unexpected_list"]
-                ]
+            for key in ("partial_unexpected_list", "partial_unexpected_index_list"):
+                if result.get(key):
+                    result[key] = [_same_in_both_engines(v) for v in result[key]]
             exc = (er.exception_info or {}).get("exception_message")
             failures.append(
                 {
@@ -824,6 +882,9 @@ def check_gold_matches_silver(ctx: CheckContext, gold: str) -> list[dict[str, An
     if found is None:
         return []
     n_bad, sample, cutoff = found
+    for entry in sample:  # a sensitive group key (user id) is not shown either
+        entry["key"] = {k: REDACTED if k in ctx.ref.spec.sensitive_fields else v
+                        for k, v in entry["key"].items()}  # fmt: skip
     return [
         _check_failure(
             "gold_matches_silver",
@@ -1029,6 +1090,55 @@ def _run_id(table: str) -> str:
     return f"{prefix}{table}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
+FAILED_ROWS_TABLE = "failed_rows"
+
+
+def _failing_rows(failed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """(expectation, column, row) for each row a failure names: GX's index list, gold's sample."""
+    out = []
+    for f in failed:
+        details = f.get("details") or {}
+        rows = details.get("partial_unexpected_index_list") or [
+            s["key"] | {"silver": s["silver"], "gold": s["gold"]}
+            for s in details.get("sample") or []
+        ]
+        for row in rows:
+            out.append({"expectation": f["expectation"], "column": f["column"], "row": row})
+    return out
+
+
+def _write_failed_rows(table: str, run_id: str, rows: list[dict[str, Any]]) -> None:
+    """Append to ``_ops/failed_rows``: a table a person can query, one row per failing row."""
+    import pyarrow as pa
+
+    now = datetime.now(UTC)
+    data = pa.table(
+        {
+            "table": [table] * len(rows),
+            "run_id": [run_id] * len(rows),
+            "validated_at": pa.array([now] * len(rows), pa.timestamp("us", tz="UTC")),
+            "expectation": [r["expectation"] for r in rows],
+            "column": [json.dumps(r["column"]) for r in rows],
+            "row": [json.dumps(r["row"], default=str, sort_keys=True) for r in rows],
+        }
+    )
+    storage.write_delta(ops_path(FAILED_ROWS_TABLE), data)
+
+
+def failed_rows(table: str, run_id: str | None = None) -> list[dict[str, Any]]:
+    """The failing rows recorded for ``table`` (one run's, or all), ``row`` decoded."""
+    import pyarrow.compute as pc
+
+    path = ops_path(FAILED_ROWS_TABLE)
+    if not storage.is_delta_table(path):
+        return []
+    where = pc.field("table") == table
+    if run_id is not None:
+        where = where & (pc.field("run_id") == run_id)
+    rows = arrow_table(path, None, None, where).to_pylist()
+    return [{**r, "row": json.loads(r["row"]), "column": json.loads(r["column"])} for r in rows]
+
+
 def _failure_message(result: dict[str, Any]) -> str:
     span = (
         f"versions {result['from_version']}..{result['to_version']}"
@@ -1042,6 +1152,12 @@ def _failure_message(result: dict[str, Any]) -> str:
     for f in result["failed"]:
         lines.append(
             f"  - {f['expectation']} on column {f['column']}: observed {f['observed_value']}"
+        )
+    if result.get("failed_rows"):
+        lines.append(
+            f"  {result['failed_rows']} failing rows (up to 20 per expectation) are in "
+            f"_ops/{FAILED_ROWS_TABLE} with run_id {result['run_id']!r}: "
+            f"riverdelta failed-rows {result['table']}"
         )
     return "\n".join(lines)
 
@@ -1139,12 +1255,14 @@ def validate_table(
             from great_expectations.core.run_identifier import RunIdentifier
 
             ctx = _gx_context()
-            checkpoint = _gx_objects(ctx, table_name, suite_doc, engine)
+            checkpoint = _gx_objects(ctx, table_name, suite_doc, engine, _index_columns(ref))
             gx_result = checkpoint.run(
                 batch_parameters={"dataframe": rows.df},
                 expectation_parameters=suite_parameters(suite_doc),
                 run_id=RunIdentifier(run_name=run_id, run_time=datetime.now(UTC)),
             )
+            _redact_results(gx_result, ref.spec.sensitive_fields)
+            _publish_docs(ctx, gx_result)
         failed = _gx_failures(gx_result)
         timings["gx"] = time.monotonic() - t
 
@@ -1164,8 +1282,12 @@ def validate_table(
         rows.release()
 
     success = not failed
+    failing = _failing_rows(failed)
+    if failing:
+        _write_failed_rows(table_name, run_id, failing)
     duration = time.monotonic() - started
     result.update(
+        failed_rows=len(failing),
         from_version=from_version,
         rows_checked=rows.count,
         engine=engine,

@@ -95,7 +95,9 @@ _STREAM_KEYS = frozenset(
         "gold",
     }
 )
-_FIELD_KEYS = frozenset({"name", "type", "required", "nullable", "min", "allowed", "gen"})
+_FIELD_KEYS = frozenset(
+    {"name", "type", "required", "nullable", "min", "allowed", "gen", "sensitive"}
+)
 _GOLD_KEYS = frozenset({"name", "group_by", "window", "aggregates"})
 _AGG_KEYS = frozenset({"name", "fn", "column"})
 _HEALTH_REQUIRED = ("max_lag_seconds", "max_batch_age_seconds")
@@ -134,6 +136,8 @@ class FieldSpec:
     min: int | float | Decimal | None = None
     allowed: tuple[Any, ...] | None = None
     gen: dict[str, Any] | None = None
+    # Values are redacted wherever the gate reports them (messages, Data Docs, failed rows).
+    sensitive: bool = False
 
     @property
     def is_decimal(self) -> bool:
@@ -190,6 +194,10 @@ class StreamSpec:
     @property
     def field_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
+
+    @property
+    def sensitive_fields(self) -> frozenset[str]:
+        return frozenset(f.name for f in self.fields if f.sensitive)
 
     def field_spec(self, name: str) -> FieldSpec:
         for f in self.fields:
@@ -447,7 +455,7 @@ def _parse_field(ctx: _Ctx, raw: Any) -> FieldSpec:
         raise ctx.error("missing 'type'", field=name)
     ftype = _canonical_type(ctx, name, raw["type"])
     flags = {}
-    for flag, default in (("required", True), ("nullable", False)):
+    for flag, default in (("required", True), ("nullable", False), ("sensitive", False)):
         flags[flag] = raw.get(flag, default)
         if not isinstance(flags[flag], bool):
             raise ctx.error(f"{flag!r} must be true or false", field=name)

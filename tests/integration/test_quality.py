@@ -6,6 +6,7 @@ the shapes the ingest writes.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -338,3 +339,65 @@ def test_pandas_and_spark_engines_agree_on_gold(spark, lake_env, monkeypatch):
     (failure,) = bad["pandas"]["failed"]
     assert failure["observed_value"].startswith("1 closed window(s) differ from silver")
     assert failure["details"]["sample"][0]["key"]["user_id"] == "user-0"
+
+
+PV_SCHEMA = (
+    "event_id string, session_id string, user_id string, url string, referrer string, "
+    "user_agent string, event_time timestamp, _extra string, topic string, partition int, "
+    "offset long, kafka_timestamp timestamp, _app_id string, _batch_id long"
+)
+
+
+def pv(i: int, **over) -> dict:
+    row = {
+        "event_id": f"p-{i}", "session_id": f"s-{i % 4}", "user_id": None, "url": f"/u/{i % 2}",
+        "referrer": None, "user_agent": f"Agent/{i}", "event_time": BASE + timedelta(seconds=i),
+        "_extra": None, "topic": "rd.page_views", "partition": i % 3, "offset": i,
+        "kafka_timestamp": BASE + timedelta(seconds=i), "_app_id": "app-1", "_batch_id": 0,
+    }  # fmt: skip
+    row.update(over)
+    return row
+
+
+def test_failed_rows_are_named_and_sensitive_values_never_shown(spark, lake_env, monkeypatch):
+    from riverdelta import suites
+
+    # A refinement on the sensitive field, so that a failure would show its values.
+    folder = lake_env.parent / "suites"
+    folder.mkdir()
+    (folder / "page_views_silver.json").write_text(
+        '{"expectations": [{"type": "expect_column_value_lengths_to_be_between",'
+        ' "kwargs": {"column": "user_agent", "max_value": 12}}]}'
+    )
+    monkeypatch.setattr(suites, "SUITES_DIR", folder)
+    secret = "SecretBrowser/99.1 (very identifying)"
+    rows = [pv(i) for i in range(10)]
+    rows[3]["user_agent"] = secret
+    rows[7]["url"] = None
+    append(spark, "page_views_silver", rows, PV_SCHEMA)
+    with pytest.raises(quality.ValidationFailedError) as err:
+        quality.validate_table("page_views_silver", spark=spark)
+    res = err.value.result
+    assert {(f["expectation"], f["column"]) for f in res["failed"]} == {
+        ("expect_column_value_lengths_to_be_between", "user_agent"),
+        ("expect_column_values_to_not_be_null", "url"),
+    }
+    # The rows, by their Kafka coordinates, in a table a person can query.
+    named = quality.failed_rows("page_views_silver", res["run_id"])
+    assert res["failed_rows"] == len(named) == 2
+    coords = {r["column"]: (r["row"]["partition"], r["row"]["offset"]) for r in named}
+    assert coords == {"user_agent": (0, 3), "url": (1, 7)}
+    by_column = {r["column"]: r["row"] for r in named}
+    assert by_column["user_agent"]["user_agent"] == quality.REDACTED
+    assert by_column["url"]["event_id"] == "p-7"
+    assert "riverdelta failed-rows page_views_silver" in str(err.value)
+    # Nowhere: not the message, the history, the failed rows, nor any Data Docs page.
+    assert secret not in str(err.value) and secret not in json.dumps(res, default=str)
+    assert all(secret not in h["failed"] for h in quality.validation_history("page_views_silver"))
+    docs = [p.read_text(errors="replace") for p in quality.data_docs_dir().rglob("*.html")]
+    assert docs and not any(secret in page for page in docs)
+    stored = [p.read_text() for p in quality.gx_root().rglob("*.json") if "validations" in str(p)]
+    assert stored and not any(secret in doc for doc in stored)
+    # Data Docs say where each expectation came from.
+    assert any("[contract]" in page for page in docs)
+    assert any("[expectations/page_views_silver.json]" in page for page in docs)
