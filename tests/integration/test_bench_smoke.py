@@ -73,6 +73,11 @@ def test_bench_smoke(spark, tmp_path):
     # Latency covers every row that reached silver.
     assert live["rows_measured"] == live["tables"]["silver"]
     assert ph["replay"]["profile"]["batches"], "the replay's batches were profiled"
+    # The same increment (silver's rows again, under new ids) validated by each engine.
+    inc = ph["increment_validation"]
+    assert (inc["pandas"]["engine"], inc["spark"]["engine"]) == ("pandas", "spark")
+    assert inc["pandas"]["rows"] == inc["spark"]["rows"] == min(10_000, ph["validation"]["rows"])
+    assert inc["pandas"]["success"] and inc["spark"]["success"]
 
     markdown = (out / "results.md").read_text()
     assert "## Ratios" in markdown and "## Machine" in markdown
