@@ -54,7 +54,9 @@ def stream_dag(spec: StreamSpec) -> DAG:
             + ", ".join(f"`{t}`" for t in tables.values())
             + f".\n\nEvery 3 minutes: reconcile the desired state, check health (max lag "
             f"{spec.health['max_lag_seconds']}s, max batch age {spec.health['max_batch_age_seconds']}s), "
-            "announce new table versions. Trigger with `action` to deploy, stop or restart."
+            "announce new table versions (also when the health check fails, so that "
+            "validation does not wait for its fallback). Trigger with `action` to deploy, "
+            "stop or restart."
         ),
     ) as dag:
 
@@ -78,8 +80,11 @@ def stream_dag(spec: StreamSpec) -> DAG:
 
         announcers = []
         for layer, table in tables.items():
-
-            @task(task_id=f"announce_{layer}", outlets=[table_asset(table)])
+            # all_done: a failed reconcile or health check must not hold back validation
+            # of what the stream did write (the run still fails through check_health).
+            @task(
+                task_id=f"announce_{layer}", outlets=[table_asset(table)], trigger_rule="all_done"
+            )
             def announce(layer: str = layer, table: str = table, **context: Any):
                 from airflow.sdk import Metadata
                 from airflow.sdk.exceptions import AirflowSkipException
@@ -94,8 +99,8 @@ def stream_dag(spec: StreamSpec) -> DAG:
             announcers.append(announce())
 
         applied = apply_action()
-        health = check_health()
-        applied >> health >> announcers
+        applied >> check_health()
+        applied >> announcers
     return dag
 
 

@@ -76,3 +76,18 @@ def test_announced_version_is_the_highest_of_the_tables_triggering_events():
     assert _announced_version("transactions_silver", context) == 7
     assert _announced_version("transactions_quarantine", context) is None
     assert _announced_version("transactions_silver", {}) is None
+
+
+def test_announcements_do_not_wait_for_a_healthy_stream():
+    from riverdelta.dag_factory import stream_dags
+
+    for dag in stream_dags().values():
+        health = dag.get_task("check_health")
+        assert health.upstream_task_ids == {"apply_action"}
+        announcers = [t for t in dag.tasks if t.task_id.startswith("announce_")]
+        assert len(announcers) == 4
+        for t in announcers:
+            # Not downstream of check_health, and run whatever apply_action's outcome.
+            assert t.upstream_task_ids == {"apply_action"} and t.trigger_rule == "all_done"
+        # A failed health check still fails the run: it is a leaf.
+        assert "check_health" in {t.task_id for t in dag.leaves}
