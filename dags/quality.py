@@ -1,10 +1,11 @@
-"""Airflow quality DAGs: one ``quality_<table>`` per table of every stream in ``include/streams.yaml``.
+"""Airflow quality gates: one ``quality_<stream>`` per stream in ``include/streams.yaml``.
 
-Each validates its table with the table's Great Expectations suite when the
-stream DAG announces a new Delta version (asset event), or every 30 minutes as
-a fallback, and publishes the validated version analysts read. Trigger one with
-``full=true`` to validate the whole table. Adding a stream adds its quality DAGs;
-no Python changes.
+Each validates its stream's tables with their Great Expectations suites within
+seconds of a new Delta version (an asset watcher in the triggerer polls the
+tables' logs; the stream DAG's announcements and a 30-minute fallback are second
+paths) and publishes each table's validated version analysts read. Trigger one
+with ``full=true`` (and optionally ``tables``) to validate whole tables. Adding a
+stream adds its gate; no Python changes.
 """
 
 from __future__ import annotations

@@ -53,6 +53,16 @@ def admin_password() -> str:
     return json.loads(passwords_file().read_text())[ADMIN_USER]
 
 
+def login_line() -> str:
+    """The login to show: with the password the first time, then only where it is kept."""
+    shown = passwords_file().with_name(".shown")
+    where = f"password in {passwords_file()} (mode 0600)"
+    if shown.exists():
+        return f"login {ADMIN_USER}, {where}"
+    shown.touch()
+    return f"login {ADMIN_USER} / {admin_password()} (shown once; {where})"
+
+
 def api_url() -> str:
     return settings().airflow_url
 

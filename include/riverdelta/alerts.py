@@ -48,19 +48,7 @@ def send(alert: dict[str, Any], stream: str = "") -> None:
 
 
 def _stream_of(dag_id: str | None) -> str:
-    if dag_id and dag_id.startswith("quality_"):
-        # quality_<table>: page under the table's stream, where its validation events are.
-        table = dag_id.removeprefix("quality_")
-        try:
-            from riverdelta.registry import load_registry
-
-            for spec in load_registry().streams.values():
-                if table in spec.table_names().values():
-                    return spec.name
-        except Exception:  # the pager must never mask the original failure
-            log.exception("could not resolve the stream of %s", dag_id)
-        return table
-    for prefix in ("stream_", "backfill_"):
+    for prefix in ("stream_", "backfill_", "quality_"):
         if dag_id and dag_id.startswith(prefix):
             return dag_id.removeprefix(prefix)
     return ""

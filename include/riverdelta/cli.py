@@ -41,14 +41,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if args.kafka_only:
         return 0
     t1 = time.monotonic()
-    first = not airflow_stack.passwords_file().with_name(".shown").exists()
     airflow_stack.start()
     print(f"up: Airflow healthy at {airflow_stack.api_url()} ({time.monotonic() - t1:.1f}s)")
-    pw_file = airflow_stack.passwords_file()
-    if first:
-        print(f"up: Airflow login: {airflow_stack.ADMIN_USER} / {airflow_stack.admin_password()}")
-        pw_file.with_name(".shown").touch()
-    print(f"up: the admin password is kept in {pw_file} (mode 0600)")
+    print(f"up: Airflow {airflow_stack.login_line()}")
     return 0
 
 

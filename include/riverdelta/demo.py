@@ -2,8 +2,8 @@
 
 Starts Kafka and Airflow, produces traffic (with poison, duplicates and late
 events) in the background, deploys both streams through Airflow's real
-scheduler, waits for the tables and a small lag, lets the asset-triggered
-quality DAGs validate and publish every table, runs a ``rebuild`` backfill of
+scheduler, waits for the tables and a small lag, lets the quality gates
+(started by their asset watchers) validate and publish every table, runs a ``rebuild`` backfill of
 one stream through Airflow, and prints a summary.
 
 ``RIVERDELTA_DEMO_EVENTS`` (default 12000 per stream) sizes the traffic; the e2e
@@ -70,18 +70,16 @@ def wait_healthy(streams: list[str], timeout: float = 420) -> dict[str, Any]:
         time.sleep(10)
 
 
-def wait_validated(api, streams: list[str], tables: list[str], timeout: float = 900) -> None:
-    """Announce new versions now (the stream DAGs' 3-minute schedule would too) and wait
-    until the asset-triggered quality DAGs have published every table."""
+def wait_validated(streams: list[str], tables: list[str], timeout: float = 600) -> None:
+    """Wait until the quality gates have published every table. Nobody triggers them:
+    their watchers (Airflow's triggerer) see each new Delta version within seconds."""
     from datetime import UTC, datetime
 
     from riverdelta.quality import publications
 
     since = datetime.now(UTC)  # a second demo run waits for fresh validations too
-    for name in streams:
-        run_id = api.trigger(f"stream_{name}", {"action": "reconcile"})
-        api.wait_for_run(f"stream_{name}", run_id)
-    say("stream DAGs announced new table versions; quality_<table> DAGs are validating")
+    gates = ", ".join(f"quality_{n}" for n in streams)
+    say(f"the quality gates ({gates}) validate each new table version as it lands")
     deadline = time.monotonic() + timeout
     reported: set[str] = set()
     while True:
@@ -96,7 +94,7 @@ def wait_validated(api, streams: list[str], tables: list[str], timeout: float = 
         if time.monotonic() > deadline:
             missing = sorted(set(tables) - reported)
             raise RuntimeError(
-                f"no validated version within {timeout:.0f}s for {missing}: see the quality_<table> "
+                f"no validated version within {timeout:.0f}s for {missing}: see the quality_<stream> "
                 "DAG runs in the Airflow UI"
             )
         time.sleep(5)
@@ -150,7 +148,7 @@ def summary(streams: list[str], backfill: dict[str, Any] | None = None) -> str:
         ]
     lines += [
         f"Data Docs: file://{data_docs_index()}",
-        f"Airflow UI: {airflow_stack.api_url()}  login {airflow_stack.ADMIN_USER} / {airflow_stack.admin_password()}",
+        f"Airflow UI: {airflow_stack.api_url()}  {airflow_stack.login_line()}",
         "Streams keep running. Status: .venv/bin/riverdelta status   Stop everything: make down",
         "=" * 78,
     ]
@@ -205,7 +203,7 @@ def main() -> int:
 
     wait_healthy(streams)
     tables = [t for s in registry.streams.values() for t in s.table_names().values()]
-    wait_validated(api, streams, tables)
+    wait_validated(streams, tables)
     done = run_backfill(BACKFILL_STREAM)
     wait_healthy(streams)
     print(summary(streams, done))

@@ -131,6 +131,10 @@ class ValidationFailedError(RuntimeError):
         self.result = result
 
 
+class NeedsSparkError(RuntimeError):
+    """A validation asked not to start a JVM (``spark_allowed=False``) would need one."""
+
+
 class NotValidatedError(LookupError):
     """A table has no validated version yet."""
 
@@ -1189,11 +1193,14 @@ def validate_table(
     path: str | None = None,
     publish_on_pass: bool = True,
     since_version: int | None = None,
+    spark_allowed: bool = True,
 ) -> dict[str, Any]:
     """Validate ``table_name`` at its latest version; publish it if it passes.
 
     ``publish_on_pass=False`` audits without publishing (a rebuild validates its fresh
-    tables first and publishes them all together at hand-over).
+    tables first and publishes them all together at hand-over). ``spark_allowed=False``
+    raises ``NeedsSparkError`` before reading anything when the run would need Spark
+    (the gate's first task holds no Spark pool slot).
 
     Returns ``{table, from_version, to_version, rows_checked, suite, success, failed,
     duration_seconds, data_docs, ...}``; ``from_version`` is the version the checked
@@ -1209,7 +1216,9 @@ def validate_table(
     try:
         # delta-rs answers without a JVM: a run with nothing new never starts Spark.
         to_version = latest_version(ref.path)
-    except Exception:
+    except Exception as exc:
+        if not spark_allowed:
+            raise NeedsSparkError(f"{table_name}: delta-rs cannot open {ref.path}") from exc
         spark = spark or _spark()
         to_version = latest_version(ref.path, spark)
     if to_version is None:
@@ -1241,6 +1250,8 @@ def validate_table(
         if files is None:
             is_full, reason, from_version = True, why, None
     engine, engine_why = _choose_engine(ref, to_version, files, suite_doc)
+    if engine == "spark" and not spark_allowed:
+        raise NeedsSparkError(f"{table_name}: {engine_why}")
     t = time.monotonic()
     if engine == "pandas":
         rows = pandas_rows(ref.path, to_version, files)
@@ -1339,6 +1350,45 @@ def validate_table(
         **detail,
     )
     raise ValidationFailedError(_failure_message(result), result)
+
+
+def validate_stream(
+    stream: str,
+    *,
+    tables: list[str] | None = None,
+    full: bool = False,
+    spark_allowed: bool = True,
+) -> dict[str, Any]:
+    """Validate a stream's tables (all, or ``tables``) in one process: the quality gate.
+
+    Each table keeps its own pinned version, publication, history and Data Docs, and
+    a failing table never holds back another's publication. One process pays GX's
+    import (about 7 s here) once for all of them, where one task per table paid it
+    for each. Returns ``{stream, results, failed, needs_spark, missing}``: ``failed``
+    maps a table to its failure message; ``needs_spark`` lists the tables left for a
+    Spark run when ``spark_allowed`` is False; ``missing`` those with no table yet.
+    """
+    from riverdelta.registry import load_registry
+
+    names = list(load_registry().get(stream).table_names().values())
+    unknown = sorted(set(tables or []) - set(names))
+    if unknown:
+        raise KeyError(
+            f"{', '.join(unknown)}: not tables of stream {stream!r} ({', '.join(names)})"
+        )
+    out: dict[str, Any] = {"stream": stream, "results": {}, "failed": {}, "needs_spark": []}
+    out["missing"] = []
+    for table in [n for n in names if not tables or n in tables]:
+        try:
+            out["results"][table] = validate_table(table, full=full, spark_allowed=spark_allowed)
+        except NeedsSparkError:
+            out["needs_spark"].append(table)
+        except FileNotFoundError:
+            out["missing"].append(table)
+        except ValidationFailedError as exc:
+            out["results"][table] = exc.result
+            out["failed"][table] = str(exc)
+    return out
 
 
 # --------------------------------------------------------------------------- benchmark

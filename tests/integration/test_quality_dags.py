@@ -1,7 +1,7 @@
 """The quality DAGs gate real Delta tables: dag.test() with real Spark, Delta and GX.
 
 Silver rows are written directly with Spark into a per-test lake (the helpers of
-test_quality.py), then ``quality_transactions_silver`` runs as Airflow runs it.
+test_quality.py), then the ``quality_transactions`` gate runs as Airflow runs it.
 """
 
 from __future__ import annotations
@@ -16,13 +16,19 @@ from tests.integration.test_quality import SILVER, append, lake_env, txn  # noqa
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("airflow_db", "lake_env")]
 
 
-def run_quality(table: str, **conf):
-    """One run of ``quality_<table>``: (dag run state, the task instance, its XCom result)."""
+def run_gate(**conf):
+    """One run of the ``quality_transactions`` gate: (run state, its verdict task, its XCom)."""
     from riverdelta.quality_dags import quality_dag
 
-    dr = quality_dag(table).test(run_conf=conf)
-    ti = dr.get_task_instance("validate_table")
-    return dr.state, ti, ti.xcom_pull(task_ids="validate_table")
+    dr = quality_dag("transactions").test(run_conf=conf)
+    ti = dr.get_task_instance("report_verdict")
+    return dr.state, ti, ti.xcom_pull(task_ids="report_verdict")
+
+
+def run_quality(table: str, **conf):
+    """The gate on one table: (run state, the verdict task's instance, the table's result)."""
+    state, ti, result = run_gate(tables=[table], **conf)
+    return state, ti, (result or {"results": {}})["results"].get(table)
 
 
 def validated_ids(table: str) -> list[str]:
@@ -42,7 +48,7 @@ def test_good_data_is_validated_and_published(spark):
     append(spark, SILVER, first)
     state, ti, result = run_quality(SILVER)
     assert (state, ti.state) == ("success", "success")
-    assert result["success"] and result["announced_version"] is None
+    assert result["success"] and result["engine"] == "pandas"
     assert (result["full"], result["full_reason"]) == (True, "first validation of this table")
     assert (result["from_version"], result["to_version"], result["rows_checked"]) == (None, 0, 20)
     assert quality.publication(SILVER)["validated_version"] == result["validated_version"] == 0
@@ -109,10 +115,7 @@ def test_bad_increment_fails_the_run_pages_and_is_held_back(spark):
     # The page carries the task's error: each failed expectation with its observed value.
     [alert] = ops.history("transactions", "page")
     detail = alert["detail"]
-    assert (detail["dag_id"], detail["task_id"]) == (
-        "quality_transactions_silver",
-        "validate_table",
-    )
+    assert (detail["dag_id"], detail["task_id"]) == ("quality_transactions", "report_verdict")
     message = detail["message"]
     assert "transactions_silver failed validation at versions 0..1, 2 rows checked" in message
     assert "validated version stays 0" in message
@@ -125,10 +128,36 @@ def test_bad_increment_fails_the_run_pages_and_is_held_back(spark):
     ) in message
 
 
-def test_a_table_not_written_yet_is_skipped_without_a_page():
+def test_a_stream_with_no_tables_yet_is_a_quiet_no_op():
     from riverdelta import ops, quality
+    from riverdelta.registry import load_registry
 
-    state, ti, result = run_quality(SILVER)
-    assert (state, ti.state, result) == ("success", "skipped", None)
+    state, ti, result = run_gate()
+    assert (state, ti.state) == ("success", "success")
+    names = list(load_registry().get("transactions").table_names().values())
+    assert result == {"results": {}, "needs_spark": [], "missing": names, "triggered_by": {}}
     assert quality.publication(SILVER) is None
     assert ops.history("transactions") == []
+
+
+def test_tables_that_need_spark_are_handed_to_the_pool_task(spark, monkeypatch):
+    """Above the row bound the pandas task validates nothing and the Spark task does it."""
+    from riverdelta import quality
+    from riverdelta.settings import settings
+
+    monkeypatch.setenv("RIVERDELTA_VALIDATION_PANDAS_MAX_ROWS", "5")
+    settings.cache_clear()
+    rows = [txn(i) for i in range(12)]
+    append(spark, SILVER, rows)
+    from riverdelta.quality_dags import quality_dag
+
+    dr = quality_dag("transactions").test(run_conf={"tables": [SILVER]})
+    assert dr.state == "success"
+    first = dr.get_task_instance("validate_increments").xcom_pull(task_ids="validate_increments")
+    assert first["results"] == {} and first["needs_spark"] == [SILVER]
+    assert dr.get_task_instance("validate_with_spark").state == "success"
+    result = dr.get_task_instance("report_verdict").xcom_pull(task_ids="report_verdict")
+    assert result["results"][SILVER]["engine"] == "spark"
+    assert result["results"][SILVER]["rows_checked"] == 12
+    assert quality.publication(SILVER)["validated_version"] == 0
+    assert validated_ids(SILVER) == ids(rows)
