@@ -180,7 +180,7 @@ def validated_freshness(
         drain = time.monotonic() - t
         run_id = api.trigger(f"stream_{STREAM}", {"action": "stop"})
         api.wait_for_run(f"stream_{STREAM}", run_id)
-        runs = api.call("GET", f"/api/v2/dags/quality_{STREAM}/dagRuns?limit=100")
+        runs = api.call("GET", f"/dags/quality_{STREAM}/dagRuns?limit=100")
     finally:
         from riverdelta import control
 

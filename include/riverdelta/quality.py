@@ -436,6 +436,25 @@ def latest_version(path: str, spark: SparkSession | None = None) -> int | None:
     return int(SparkDeltaTable.forPath(spark, path).history(1).first()["version"])
 
 
+def _commit_history(path: str, from_version: int, to_version: int) -> list[dict[str, Any]]:
+    """The commit infos of versions ``(from_version, to_version]``, each under its own number.
+
+    Not ``DeltaTable(path, version=to_version).history()``: delta-rs 1.6 lists the
+    newest commits on storage and numbers them down from the *loaded* version, so on
+    a table that moved on, "version 5" is really version 7's commit (an OPTIMIZE
+    there would be blamed on an append, or one in range missed). The latest snapshot
+    numbers them right, unless a commit lands between opening it and listing: then
+    the version has moved and we list again.
+    """
+    for _ in range(5):
+        latest = storage.delta_table(path)
+        newest = latest.version()
+        history = latest.history(newest - from_version)
+        if storage.delta_table(path).version() == newest:
+            return [h for h in history if from_version < int(h.get("version", -1)) <= to_version]
+    raise RuntimeError(f"{path} kept moving while its history was read")
+
+
 def increment_files(path: str, from_version: int, to_version: int) -> tuple[list[str] | None, str]:
     """Data files added by versions ``(from_version, to_version]``, or None and why not exact.
 
@@ -445,7 +464,7 @@ def increment_files(path: str, from_version: int, to_version: int) -> tuple[list
     try:
         new = storage.delta_table(path, version=to_version)
         old = storage.delta_table(path, version=from_version)
-        history = new.history(to_version - from_version)
+        history = _commit_history(path, from_version, to_version)
     except Exception as exc:  # log cleaned up, unreadable store, ...
         return None, f"cannot read versions {from_version}..{to_version}: {exc}"
     meta = new.metadata()
