@@ -579,24 +579,35 @@ def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0
 
     stream = p["stream"]
     spec = _spec(stream)
-    state = ops.load_state(stream)
-    should_run = state.desired == ops.RUNNING
     replay_end = read_checkpoint(p["checkpoint"], spec.topic)
     replay_batch = replay_end.last_committed_batch if replay_end else None
     replay_batch = -1 if replay_batch is None else replay_batch
-    state.paused_by = p["run_id"]  # reconcile leaves the stream alone meanwhile
-    ops.save_state(state)
+
+    def pause(s: ops.StreamState) -> ops.StreamState:
+        s.paused_by = p["run_id"]  # reconcile leaves the stream alone meanwhile
+        return s
+
+    # Every save below is a compare-and-swap of one field group: an operator's stop
+    # during the hand-over (desired STOPPED) is not undone by the hand-over's saves.
+    state = ops.update_state(stream, pause)
     paused_at = time.time()
     try:
+        old = state.deployment
         was_running = control._stop_deployment(state)
+        ops.update_state(stream, control._set_deployment(old, None))
         # Stop position of the old driver: the new one must get at least this far.
         target = {p_: hi for p_, (_, hi) in watermarks(_bootstrap(), spec.topic).items()}
         set_stream_location(stream, p["tables_root"], p["checkpoint"], by=p["run_id"])
-        state.announced_versions = {}  # versions of the new tables start afresh
+
+        def fresh_tables(s: ops.StreamState) -> bool:
+            s.announced_versions = {}  # versions of the new tables start afresh
+            return s.desired == ops.RUNNING
+
+        should_run = ops.update_state(stream, fresh_tables)
         resumed_at = None
         if should_run:
             state.deployment = control.launch(stream)
-            ops.save_state(state)
+            ops.update_state(stream, control._set_deployment(None, state.deployment))
 
             def caught_up():
                 cp = read_checkpoint(p["checkpoint"], spec.topic)
@@ -615,8 +626,11 @@ def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0
             resumed_at = time.time()
             _wait(caught_up, timeout, "the live stream catching up", stream, p["run_id"])
     finally:
-        state.paused_by = None
-        ops.save_state(state)
+
+        def unpause(s: ops.StreamState) -> None:
+            s.paused_by = None
+
+        ops.update_state(stream, unpause)
     tables = TableSet.for_stream(spec, p["tables_root"])
     entries = {}
     for layer, table in spec.table_names().items():

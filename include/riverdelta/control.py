@@ -104,44 +104,70 @@ def _stop_deployment(state: ops.StreamState) -> bool:
     return was_running
 
 
+def _set_deployment(expected: dict[str, Any] | None, new: dict[str, Any] | None):
+    """A state change: ``new`` replaces the deployment if it is still ``expected``.
+
+    A writer that stopped or started a driver records it only over the deployment it
+    acted on; if another writer recorded a different one meanwhile, that one stays.
+    """
+
+    def change(state: ops.StreamState) -> bool:
+        if state.deployment != expected:
+            return False
+        state.deployment = new
+        return True
+
+    return change
+
+
 def deploy(stream: str, actor: str = "") -> dict[str, Any]:
-    state = ops.load_state(_spec(stream).name)
-    state.desired, state.desired_at, state.desired_by = ops.RUNNING, time.time(), actor
-    # An operator's deploy is the acknowledgement that ends a crash loop.
-    state.crash_loop, state.restarts, state.last_error = False, [], None
-    state.paused_by = None  # nor does a hand-over that died half-way keep it paused
-    started = False
-    if actual_state(state) != "RUNNING":
-        state.deployment = launch(stream)
-        started = True
-    ops.save_state(state)
-    ops.record(stream, "deploy", actor=actor, started=started, deployment=state.deployment)
-    return {
-        "stream": stream,
-        "action": "deploy",
-        "started": started,
-        "deployment": state.deployment,
-    }
+    name = _spec(stream).name
+    state = ops.load_state(name)
+    started = actual_state(state) != "RUNNING"
+    # Slow and one-off: outside the state change, which may be applied more than once.
+    launched = launch(stream) if started else None
+
+    def change(s: ops.StreamState) -> dict[str, Any] | None:
+        s.desired, s.desired_at, s.desired_by = ops.RUNNING, time.time(), actor
+        # An operator's deploy is the acknowledgement that ends a crash loop.
+        s.crash_loop, s.restarts, s.last_error = False, [], None
+        s.paused_by = None  # nor does a hand-over that died half-way keep it paused
+        if launched is not None:
+            s.deployment = launched
+        return s.deployment
+
+    deployment = ops.update_state(name, change)
+    ops.record(stream, "deploy", actor=actor, started=started, deployment=deployment)
+    return {"stream": stream, "action": "deploy", "started": started, "deployment": deployment}
 
 
 def stop(stream: str, actor: str = "") -> dict[str, Any]:
-    state = ops.load_state(_spec(stream).name)
-    state.desired, state.desired_at, state.desired_by = ops.STOPPED, time.time(), actor
-    stopped = _stop_deployment(state)
-    ops.save_state(state)
+    name = _spec(stream).name
+
+    def desire_stopped(s: ops.StreamState) -> dict[str, Any] | None:
+        s.desired, s.desired_at, s.desired_by = ops.STOPPED, time.time(), actor
+        return s.deployment
+
+    # The wish first: a reconcile that reads the state from now on leaves the stream down.
+    deployment = ops.update_state(name, desire_stopped)
+    stopped = _stop_deployment(ops.StreamState(name, deployment=deployment))
+    ops.update_state(name, _set_deployment(deployment, None))
     ops.record(stream, "stop", actor=actor, stopped=stopped)
     return {"stream": stream, "action": "stop", "stopped": stopped}
 
 
 def restart(stream: str, actor: str = "", reason: str = "operator") -> dict[str, Any]:
-    state = ops.load_state(_spec(stream).name)
-    _stop_deployment(state)
-    state.desired = ops.RUNNING
-    state.crash_loop = False
-    state.deployment = launch(stream)
-    ops.save_state(state)
-    ops.record(stream, "restart", actor=actor, reason=reason, deployment=state.deployment)
-    return {"stream": stream, "action": "restart", "reason": reason, "deployment": state.deployment}
+    name = _spec(stream).name
+    old = ops.load_state(name).deployment
+    _stop_deployment(ops.StreamState(name, deployment=old))
+    launched = launch(stream)
+
+    def change(s: ops.StreamState) -> None:
+        s.desired, s.crash_loop, s.deployment = ops.RUNNING, False, launched
+
+    ops.update_state(name, change)
+    ops.record(stream, "restart", actor=actor, reason=reason, deployment=launched)
+    return {"stream": stream, "action": "restart", "reason": reason, "deployment": launched}
 
 
 def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[str, Any]:
@@ -161,8 +187,8 @@ def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[st
         }
     filled = refreshed_deployment(state)
     if filled != state.deployment:
+        ops.update_state(spec.name, _set_deployment(state.deployment, filled))
         state.deployment = filled
-        ops.save_state(state)
     actual = actual_state(state)
     result: dict[str, Any] = {
         "stream": stream,
@@ -173,8 +199,9 @@ def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[st
 
     if state.desired == ops.STOPPED:
         if actual == "RUNNING":
+            running = state.deployment
             _stop_deployment(state)
-            ops.save_state(state)
+            ops.update_state(spec.name, _set_deployment(running, None))
             ops.record(stream, "stop", actor=actor, reason="desired state is STOPPED")
             result["action"] = "stopped"
         return result
@@ -208,7 +235,11 @@ def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[st
     if len(recent) >= policy.max_restarts:
         state.crash_loop = True
         state.last_error = _driver_error(state)
-        ops.save_state(state)
+
+        def crash_looped(s: ops.StreamState) -> None:
+            s.crash_loop, s.last_error = True, state.last_error
+
+        ops.update_state(spec.name, crash_looped)
         ops.record(
             stream,
             "crash_loop",
@@ -226,10 +257,15 @@ def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[st
         return result
     last_error = _driver_error(state)
     _stop_deployment(state)
-    state.deployment = launch(stream)
-    state.restarts = [*recent, now]
-    state.last_error = last_error
-    ops.save_state(state)
+    launched = launch(stream)
+    state.deployment, state.restarts, state.last_error = launched, [*recent, now], last_error
+
+    def restarted(s: ops.StreamState) -> None:
+        # Recorded whatever happened meanwhile: a driver that runs must be known. If an
+        # operator stopped the stream during the launch, the next reconcile stops it.
+        s.deployment, s.restarts, s.last_error = launched, state.restarts, last_error
+
+    ops.update_state(spec.name, restarted)
     ops.record(
         stream,
         "restart",

@@ -2,8 +2,13 @@
 
 - ``_ops/state/<stream>.json``: desired state (RUNNING | STOPPED), the current
   deployment, restart times, crash-loop flag and the table versions already
-  announced as asset events. One small document per stream, replaced
-  atomically, so two streams' reconcilers never contend.
+  announced as asset events. One small document per stream, so two streams'
+  reconcilers never contend. Parallel writers of one stream (the stream DAG's
+  tasks, an operator's CLI, a backfill's hand-over) never lose an update: every
+  save is a compare-and-swap on the document's ``revision`` (``update_state``
+  re-reads and re-applies a change that lost the race). The lock behind the swap
+  is held for the read-compare-rename only, never across a driver start, so a
+  hand-over that holds the stream paused for minutes blocks nobody.
 - ``_ops/ops_history``: an append-only Delta table (delta-rs, no JVM) of every
   deploy, stop, restart, health breach, backfill and validation; analysts query
   it like any table.
@@ -11,13 +16,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from riverdelta import storage
 from riverdelta.lake import control_dir, ops_path
@@ -40,6 +48,14 @@ class StreamState:
     announced_versions: dict[str, int] = field(default_factory=dict)
     paused_by: str | None = None  # a backfill hand-over owns the stream for now
     updated_at: float = 0.0
+    revision: int = 0  # bumped by every save: the compare in compare-and-swap
+
+
+class StaleStateError(RuntimeError):
+    """The state changed on disk since it was loaded: re-read and re-apply the change."""
+
+
+T = TypeVar("T")
 
 
 def _state_file(stream: str) -> Path:
@@ -54,13 +70,53 @@ def load_state(stream: str) -> StreamState:
     return StreamState(**{k: v for k, v in data.items() if k in StreamState.__dataclass_fields__})
 
 
-def save_state(state: StreamState) -> None:
-    state.updated_at = time.time()
-    path = _state_file(state.stream)
+@contextlib.contextmanager
+def _swap_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2, sort_keys=True))
-    tmp.replace(path)
+    with open(path.with_suffix(".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _revision_on_disk(path: Path) -> int:
+    return int(json.loads(path.read_text()).get("revision", 0)) if path.exists() else 0
+
+
+def save_state(state: StreamState) -> None:
+    """Write ``state`` if nobody saved since it was loaded; else ``StaleStateError``."""
+    path = _state_file(state.stream)
+    with _swap_lock(path):
+        on_disk = _revision_on_disk(path)
+        if on_disk != state.revision:
+            raise StaleStateError(
+                f"state of {state.stream} is at revision {on_disk}, this copy was loaded at "
+                f"{state.revision}: re-read it (ops.update_state does)"
+            )
+        state.revision += 1
+        state.updated_at = time.time()
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(state), indent=2, sort_keys=True))
+        tmp.replace(path)
+
+
+def update_state(stream: str, change: Callable[[StreamState], T], attempts: int = 50) -> T:
+    """Apply ``change`` to the freshest state and save it; re-apply if another writer won.
+
+    ``change`` mutates the state it is given and may run more than once: keep slow or
+    one-off work (starting a driver) outside it and pass in its result.
+    """
+    for _ in range(attempts):
+        state = load_state(stream)
+        out = change(state)
+        try:
+            save_state(state)
+            return out
+        except StaleStateError:
+            time.sleep(0.01)
+    raise StaleStateError(f"state of {stream}: {attempts} writers in a row won the race")
 
 
 def history_path() -> str:

@@ -90,13 +90,16 @@ def new_version(stream: str, layer: str) -> int | None:
 
     spec = load_registry().get(stream)
     version = table_version(TableSet.for_stream(spec)[layer])
-    state = ops.load_state(spec.name)
-    if version is None or state.announced_versions.get(layer, -1) >= version:
+    if version is None:
         return None
-    state = ops.load_state(spec.name)  # re-read: the reconcile task may have saved meanwhile
-    state.announced_versions[layer] = version
-    ops.save_state(state)
-    return version
+
+    def announce(state: ops.StreamState) -> int | None:
+        if state.announced_versions.get(layer, -1) >= version:
+            return None
+        state.announced_versions[layer] = version
+        return version
+
+    return ops.update_state(spec.name, announce)
 
 
 def format_table(reports: list[dict[str, Any]]) -> str:

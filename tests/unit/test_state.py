@@ -1,0 +1,61 @@
+"""The desired state never loses an update: every save is a compare-and-swap, and
+``update_state`` re-applies a change that lost the race (real files, real processes)."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture()
+def lake(tmp_path, monkeypatch):
+    from riverdelta.settings import settings
+
+    monkeypatch.setenv("RIVERDELTA_LAKE", str(tmp_path / "lake"))
+    settings.cache_clear()
+    yield tmp_path / "lake"
+    settings.cache_clear()
+
+
+def test_a_stale_copy_cannot_bring_back_running_after_a_stop(lake):
+    from riverdelta import ops
+
+    ops.update_state("s", lambda s: setattr(s, "desired", ops.RUNNING))
+    reconciler = ops.load_state("s")  # read before the operator's stop...
+    ops.update_state("s", lambda s: setattr(s, "desired", ops.STOPPED))
+    reconciler.last_error = "driver dead"
+    with pytest.raises(ops.StaleStateError, match="re-read it"):
+        ops.save_state(reconciler)  # ...and saved after it: refused
+    state = ops.load_state("s")
+    assert (state.desired, state.last_error, state.revision) == (ops.STOPPED, None, 2)
+
+
+def _append_many(worker: int, n: int) -> None:
+    from riverdelta import ops
+
+    for i in range(n):
+        ops.update_state("s", lambda s, i=i: s.restarts.append(worker * 1000 + i))
+
+
+def test_concurrent_writers_in_many_processes_lose_nothing(lake):
+    from riverdelta import ops
+
+    workers, each = 6, 30
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(w, each)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    # Meanwhile, in this process: an operator's stop and an announcement.
+    ops.update_state("s", lambda s: setattr(s, "desired", ops.STOPPED))
+    ops.update_state("s", lambda s: s.announced_versions.update(silver=7))
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    state = ops.load_state("s")
+    expected = sorted(w * 1000 + i for w in range(workers) for i in range(each))
+    assert sorted(state.restarts) == expected
+    assert state.desired == ops.STOPPED and state.announced_versions == {"silver": 7}
+    assert state.revision == workers * each + 2
