@@ -263,6 +263,14 @@ def heartbeat(stream: str, run_id: str) -> None:
         tmp.replace(path)
 
 
+def running_backfill(stream: str, lease: float = LOCK_LEASE_SECONDS) -> dict[str, Any] | None:
+    """The lock of the backfill of ``stream`` that is running now (heartbeat within the lease)."""
+    held = _read_lock(_lock_path(stream))
+    if held and time.time() - float(held.get("heartbeat", 0)) <= lease:
+        return held
+    return None
+
+
 def release_lock(stream: str, run_id: str) -> None:
     path = _lock_path(stream)
     if path.exists() and _read_lock(path).get("run_id") == run_id:

@@ -57,21 +57,35 @@ def readable_by_delta_rs(uri: str) -> bool:
 
 
 def estimated_rows(path: str, version: int, files: list[str] | None = None) -> int | None:
-    """Rows in the table at ``version`` (or in ``files`` of it), from the log's file stats."""
+    """Rows in the table at ``version`` (or in ``files`` of it), from the log's file stats.
+
+    A file of an increment that a compaction has since rewritten is no longer in the
+    snapshot: its Parquet footer says how many rows it holds.
+    """
     try:
         adds = storage.delta_table(path, version=version).get_add_actions(flatten=True)
     except Exception:
         return None
     paths = [unquote(p) for p in adds.column("path").to_pylist()]
-    counts = adds.column("num_records").to_pylist()
-    wanted = None if files is None else set(files)
+    counts = dict(zip(paths, adds.column("num_records").to_pylist(), strict=True))
     total = 0
-    for p, n in zip(paths, counts, strict=True):
-        if wanted is None or p in wanted:
-            if n is None:
-                return None  # a writer without stats: the size is unknown
-            total += int(n)
+    for p in counts if files is None else files:
+        n = counts[p] if p in counts else _footer_rows(path, p)
+        if n is None:
+            return None  # a writer without stats: the size is unknown
+        total += int(n)
     return total
+
+
+def _footer_rows(table: str, file: str) -> int | None:
+    import pyarrow.parquet as pq
+
+    fs, root = storage.filesystem(table)
+    try:
+        with fs.open(f"{root}/{file}", "rb") as fh:
+            return pq.ParquetFile(fh).metadata.num_rows
+    except OSError:
+        return None
 
 
 def choose_engine(estimates: list[int | None], paths: list[str]) -> tuple[str, str]:
@@ -106,10 +120,9 @@ def pandas_rows(path: str, version: int, files: list[str] | None) -> Rows:
 
     dataset = delta_dataset(path, version)
     if files is not None:
-        wanted = set(files)
-        fragments = [f for f in dataset.get_fragments() if unquote(f.path) in wanted]
-        dataset = ds.FileSystemDataset(
-            fragments, dataset.schema, dataset.format, dataset.filesystem
+        # By path, not from the snapshot: a compaction may have rewritten them since.
+        dataset = ds.FileSystemDataset.from_paths(
+            files, schema=dataset.schema, format=dataset.format, filesystem=dataset.filesystem
         )
     df = dataset.to_table().to_pandas()
     return Rows("pandas", df, len(df))

@@ -11,6 +11,7 @@ DAG files import this module: no pyspark or confluent_kafka here.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
@@ -91,6 +92,7 @@ _STREAM_KEYS = frozenset(
         "max_future",
         "health",
         "restart",
+        "maintenance",
         "contract",
         "gold",
     }
@@ -102,6 +104,8 @@ _GOLD_KEYS = frozenset({"name", "group_by", "window", "aggregates"})
 _AGG_KEYS = frozenset({"name", "fn", "column"})
 _HEALTH_REQUIRED = ("max_lag_seconds", "max_batch_age_seconds")
 _RESTART_KEYS = ("max_restarts", "window_seconds", "backoff_seconds")
+_MAINTENANCE_KEYS = frozenset({"schedule", "retention", "zorder"})
+_LAYERS = ("bronze", "silver", "quarantine")
 
 
 class ContractError(ValueError):
@@ -171,6 +175,15 @@ class GoldSpec:
 
 
 @dataclass(frozen=True)
+class MaintenanceSpec:
+    """When ``maintain_<stream>`` runs and what it keeps (see ``riverdelta.maintenance``)."""
+
+    schedule: str
+    retention: str = "7 days"
+    zorder: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StreamSpec:
     name: str
     topic: str
@@ -190,6 +203,7 @@ class StreamSpec:
     gold_trigger: str = "5 seconds"
     # Bound on one live batch: a backlog is worked through in batches of this size.
     max_offsets_per_trigger: int = 100_000
+    maintenance: MaintenanceSpec = field(default_factory=lambda: MaintenanceSpec("0 3 * * *"))
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -287,7 +301,7 @@ def _merge(defaults: dict, raw: Any, where: str, name: str) -> dict:
     if not isinstance(raw, dict):
         raise ContractError(f"{where}: stream {name!r}: expected a mapping")
     merged = {**defaults, **raw}
-    for key in ("health", "restart"):
+    for key in ("health", "restart", "maintenance"):
         if isinstance(defaults.get(key), dict) and isinstance(raw.get(key), dict):
             merged[key] = {**defaults[key], **raw[key]}
     return merged
@@ -360,6 +374,7 @@ def _parse_stream(name: str, raw: dict, where: str) -> StreamSpec:
         max_future=_duration(ctx, raw, "max_future", default="1 day"),
         health=_parse_health(ctx, raw.get("health")),
         restart=_parse_restart(ctx, raw.get("restart")),
+        maintenance=_parse_maintenance(ctx, raw.get("maintenance"), set(by_name), name),
         fields=fields,
         gold=(),
     )
@@ -415,6 +430,40 @@ def _parse_health(ctx: _Ctx, raw: Any) -> dict[str, float]:
     if missing:
         raise ctx.error(f"health: missing {missing}")
     return health
+
+
+def _parse_maintenance(ctx: _Ctx, raw: Any, fields: set[str], stream: str) -> MaintenanceSpec:
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ctx.error("'maintenance' must be a mapping")
+    unknown = set(raw) - _MAINTENANCE_KEYS
+    if unknown:
+        raise ctx.error(
+            f"maintenance: unknown keys {sorted(unknown)}; expected some of "
+            f"{sorted(_MAINTENANCE_KEYS)}"
+        )
+    # Default: nightly at a minute of the stream's own, not every stream at once.
+    schedule = raw.get("schedule", f"{zlib.crc32(stream.encode()) % 60} 3 * * *")
+    if not isinstance(schedule, str) or len(schedule.split()) != 5:
+        raise ctx.error(f"maintenance.schedule must be a 5-field cron string, got {schedule!r}")
+    zorder_raw = raw.get("zorder") or {}
+    if not isinstance(zorder_raw, dict):
+        raise ctx.error("maintenance.zorder must map a layer to a list of columns")
+    zorder = {}
+    for layer, columns in zorder_raw.items():
+        if layer not in _LAYERS:
+            raise ctx.error(f"maintenance.zorder: layer {layer!r}; expected one of {list(_LAYERS)}")
+        if not isinstance(columns, list) or not columns:
+            raise ctx.error(f"maintenance.zorder.{layer} must be a non-empty list of columns")
+        bad = [c for c in columns if c not in fields]
+        if bad:
+            raise ctx.error(f"maintenance.zorder.{layer}: {bad} are not contract fields")
+        zorder[layer] = tuple(columns)
+    return MaintenanceSpec(
+        schedule=schedule,
+        retention=_duration(ctx, raw, "retention", default=MaintenanceSpec.retention),
+        zorder=zorder,
+    )
 
 
 def _parse_restart(ctx: _Ctx, raw: Any) -> dict[str, float]:

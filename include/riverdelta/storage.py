@@ -22,6 +22,7 @@ read by each client's own credential chain.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,17 @@ def delta_table(uri: str, version: int | None = None):
     from deltalake import DeltaTable
 
     return DeltaTable(delta_uri(uri), version=version, storage_options=delta_options(uri))
+
+
+def commit_actions(uri: str, version: int) -> list[dict[str, Any]]:
+    """The actions of one Delta commit, from its JSON file in ``_delta_log/``.
+
+    delta-rs has no per-commit reader (its history is commit infos only). Raises
+    ``FileNotFoundError`` once log clean-up has removed the commit.
+    """
+    fs, root = filesystem(uri)
+    with fs.open(f"{root}/_delta_log/{version:020d}.json", "rb") as fh:
+        return [json.loads(line) for line in fh.read().decode().splitlines() if line.strip()]
 
 
 def write_delta(uri: str, data, mode: str = "append") -> None:

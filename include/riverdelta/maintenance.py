@@ -1,0 +1,192 @@
+"""Table maintenance: compaction, the Delta log's checkpoints, and vacuum that never
+removes a file a reader or the quality gate still needs.
+
+A live stream commits every few seconds, one small file per table per batch. Left
+alone, a table grows thousands of files and log entries a day, and every reader
+lists them. Per table, ``maintain_table``:
+
+1. **compacts** (delta-rs ``optimize.compact``, or ``z_order`` on the columns the
+   registry's ``maintenance.zorder`` names for the layer). The commit has
+   ``dataChange=false``: the quality gate sees no new rows in it, and blind appends
+   (the live stream's bronze and silver writes, delta-rs's ``_ops`` appends) commit
+   beside it without conflict. Gold is not compacted: the refresher rewrites its
+   windows with ``replaceWhere``, which reads the files it replaces and would fail
+   against a compaction that removed them; its files are replaced anyway.
+   Quarantine is not compacted while a backfill of its stream runs (a range
+   backfill MERGEs into it).
+2. **checkpoints** the log (``create_checkpoint``), so readers start from one
+   Parquet file instead of replaying JSON commits.
+3. **vacuums** files removed more than ``retention`` ago (registry, default 7 days)
+   and never one removed after the validated version's commit: readers time-travel
+   to the validated version, and the gate reads an increment's original files even
+   after a compaction rewrote them. Nothing is vacuumed while a backfill of the
+   stream runs.
+
+delta-rs, not Spark: maintenance needs no JVM (a task starts in a second, and
+needs no Spark pool slot), and delta-rs's OPTIMIZE/VACUUM are the same protocol
+operations Spark's are.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from riverdelta import storage
+
+log = logging.getLogger(__name__)
+
+# A commit that lands between planning and committing the compaction makes delta-rs
+# retry the commit itself; these are whole attempts after a conflict it gave up on.
+ATTEMPTS = 3
+
+
+@dataclass
+class TableReport:
+    table: str
+    path: str
+    compacted: dict[str, Any] | None = None
+    checkpoint_version: int | None = None
+    vacuumed: int = 0
+    retention_hours: float | None = None
+    skipped: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _commit_seconds_ago(path: str, version: int) -> float | None:
+    """Age of a version's commit, from its commitInfo (None if its entry is gone)."""
+    try:
+        actions = storage.commit_actions(path, version)
+    except FileNotFoundError:
+        return None
+    info = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+    stamp = info.get("inCommitTimestamp") or info.get("timestamp")
+    return time.time() - stamp / 1000.0 if stamp else None
+
+
+def vacuum_retention_hours(
+    path: str, retention_hours: float, keep_version: int | None, floor_hours: float = 1.0
+) -> float:
+    """The configured retention, stretched to keep every file removed after ``keep_version``.
+
+    A file leaves the snapshot at the commit that removes it, and vacuum deletes it
+    once that commit is older than the retention. Keeping every file removed after
+    ``keep_version``'s commit keeps ``keep_version``'s snapshot whole (readers of the
+    validated version) and every unvalidated row's original file (the gate).
+    """
+    # A floor of an hour: a batch's files are written before its commit lands, and a
+    # vacuum must never take the files of a commit still in flight.
+    retention_hours = max(retention_hours, floor_hours)
+    if keep_version is None:
+        return retention_hours
+    age = _commit_seconds_ago(path, keep_version)
+    if age is None:
+        # The validated version's log entry is gone: its age is unknown; keep it all.
+        return max(retention_hours, 24.0 * 365)
+    return max(retention_hours, age / 3600.0 + 1.0)
+
+
+def maintain_table(
+    table: str,
+    path: str,
+    *,
+    retention_hours: float,
+    keep_version: int | None,
+    compact: bool = True,
+    vacuum: bool = True,
+    zorder: tuple[str, ...] = (),
+    floor_hours: float = 1.0,
+) -> TableReport:
+    """Compact, checkpoint and vacuum one Delta table; a failure is reported, not raised."""
+    report = TableReport(table, path)
+    if not storage.is_delta_table(path):
+        report.skipped.append("no Delta table yet")
+        return report
+    try:
+        if compact:
+            report.compacted = _compact(path, zorder)
+        else:
+            report.skipped.append("compaction")
+        dt = storage.delta_table(path)
+        dt.create_checkpoint()
+        report.checkpoint_version = dt.version()
+        if vacuum:
+            hours = vacuum_retention_hours(path, retention_hours, keep_version, floor_hours)
+            report.retention_hours = round(hours, 2)
+            removed = dt.vacuum(
+                retention_hours=math.ceil(hours),
+                dry_run=False,
+                enforce_retention_duration=False,
+            )
+            report.vacuumed = len(removed)
+        else:
+            report.skipped.append("vacuum")
+    except Exception as exc:
+        log.exception("maintenance of %s failed", table)
+        report.error = f"{type(exc).__name__}: {exc}"
+    return report
+
+
+def _compact(path: str, zorder: tuple[str, ...]) -> dict[str, Any]:
+    last: Exception | None = None
+    for _ in range(ATTEMPTS):
+        dt = storage.delta_table(path)
+        try:
+            metrics = dt.optimize.z_order(list(zorder)) if zorder else dt.optimize.compact()
+        except Exception as exc:  # a concurrent commit delta-rs could not rebase over
+            if "conflict" not in str(exc).lower() and "commit" not in str(exc).lower():
+                raise
+            last = exc
+            continue
+        return {
+            "files_added": int(metrics.get("numFilesAdded", 0)),
+            "files_removed": int(metrics.get("numFilesRemoved", 0)),
+            "zorder": list(zorder),
+        }
+    raise RuntimeError(f"compaction kept conflicting with other writers: {last}")
+
+
+def maintain_stream(stream: str) -> dict[str, Any]:
+    """Maintain every table of a stream's live set; the validated versions are kept."""
+    from riverdelta.backfill import running_backfill
+    from riverdelta.lake import TableSet
+    from riverdelta.quality import publication
+    from riverdelta.registry import load_registry, parse_duration
+
+    spec = load_registry().get(stream)
+    maint = spec.maintenance
+    hours = parse_duration(maint.retention).total_seconds() / 3600.0
+    backfill = running_backfill(stream)
+    paths = TableSet.for_stream(spec)
+    reports = []
+    for layer, table in spec.table_names().items():
+        pub = publication(table)
+        keep = int(pub["validated_version"]) if pub and pub["path"] == paths[layer] else None
+        compact = not layer.startswith("gold") and not (layer == "quarantine" and backfill)
+        report = maintain_table(
+            table,
+            paths[layer],
+            retention_hours=hours,
+            keep_version=keep,
+            compact=compact,
+            vacuum=backfill is None,
+            zorder=tuple(maint.zorder.get(layer, ())),
+        )
+        if backfill and not compact:
+            report.skipped.append(f"backfill {backfill.get('run_id')} is running")
+        reports.append(report)
+    return {"stream": stream, "backfill_running": backfill is not None, "tables": reports}
+
+
+def maintain_ops(retention_hours: float = 7 * 24.0) -> list[TableReport]:
+    """The shared ``_ops`` tables: delta-rs blind appends only, so always compactable."""
+    from riverdelta.lake import ops_path
+
+    names = ("ops_history", "validation_history", "ingest_batches", "failed_rows")
+    return [
+        maintain_table(n, ops_path(n), retention_hours=retention_hours, keep_version=None)
+        for n in names
+    ]
