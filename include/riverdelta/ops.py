@@ -148,15 +148,28 @@ def record(stream: str, event: str, *, outcome: str = "ok", actor: str = "", **d
     storage.write_delta(history_path(), table, mode="append")
 
 
-def history(stream: str | None = None, event: str | None = None) -> list[dict[str, Any]]:
+def history(
+    stream: str | None = None, event: str | None = None, since: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Events, oldest first. The filters go into the Parquet scan (row groups whose
+    statistics rule them out are not read), so a narrow question stays cheap as the
+    history grows; ``maintain_ops`` keeps its files compacted."""
+    import pyarrow.compute as pc
+
     if not storage.is_delta_table(history_path()):
         return []
-    rows = storage.delta_table(history_path()).to_pyarrow_table().to_pylist()
-    rows = [
-        r
-        for r in rows
-        if (stream is None or r["stream"] == stream) and (event is None or r["event"] == event)
-    ]
+    conditions = []
+    if stream is not None:
+        conditions.append(pc.field("stream") == stream)
+    if event is not None:
+        conditions.append(pc.field("event") == event)
+    if since is not None:
+        conditions.append(pc.field("at") >= since)
+    where = None
+    for c in conditions:
+        where = c if where is None else where & c
+    dataset = storage.delta_table(history_path()).to_pyarrow_dataset()
+    rows = dataset.to_table(filter=where).to_pylist()
     for r in rows:
         r["detail"] = json.loads(r["detail"]) if r["detail"] else {}
     return sorted(rows, key=lambda r: r["at"])

@@ -398,22 +398,76 @@ def _append_history(row: dict[str, Any]) -> None:
     data = pa.Table.from_pylist([row], schema=schema)
     # Blind appends never conflict in Delta: concurrent validations need no lock here.
     storage.write_delta(history_path(), data, mode="append")
+    _write_summary(row)
 
 
-def validation_history(table: str | None = None) -> list[dict[str, Any]]:
-    """Past runs, oldest first; ``failed`` decoded."""
+# What a validation needs of the past (the last run, the last full run) is one small
+# document per table beside the publication: it costs the same after 100,000 runs as
+# after one, where reading the history table grows with it.
+def _summary_file(table: str) -> Path:
+    return control_dir("validation_summary") / f"{table}.json"
+
+
+def _write_summary(row: dict[str, Any]) -> None:
+    path = _summary_file(row["table"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(path.with_suffix(".lock")):
+        summary = json.loads(path.read_text()) if path.exists() else {}
+        entry = {**row, "validated_at": row["validated_at"].isoformat()}
+        summary["last"] = entry
+        if row["full"]:
+            summary["last_full"] = entry
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(summary, default=str))
+        tmp.replace(path)
+
+
+def _summary(table: str) -> dict[str, Any] | None:
+    path = _summary_file(table)
+    if not path.exists():
+        return None
+    out = {}
+    for key, entry in json.loads(path.read_text()).items():
+        entry["validated_at"] = datetime.fromisoformat(entry["validated_at"])
+        entry["failed"] = json.loads(entry["failed"]) if entry["failed"] else []
+        out[key] = entry
+    return out
+
+
+def validation_history(
+    table: str | None = None, since: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Past runs, oldest first; ``failed`` decoded. The filters go into the Parquet scan."""
+    import pyarrow.compute as pc
+
     if not storage.is_delta_table(history_path()):
         return []
-    rows = storage.delta_table(history_path()).to_pyarrow_table().to_pylist()
-    rows = [r for r in rows if table is None or r["table"] == table]
+    where = None
+    if table is not None:
+        where = pc.field("table") == table
+    if since is not None:
+        after = pc.field("validated_at") >= since
+        where = after if where is None else where & after
+    rows = arrow_table(history_path(), None, None, where).to_pylist()
     for r in rows:
         r["failed"] = json.loads(r["failed"]) if r["failed"] else []
     return sorted(rows, key=lambda r: r["validated_at"])
 
 
 def last_validation(table: str) -> dict[str, Any] | None:
-    rows = validation_history(table)
+    summary = _summary(table)
+    if summary is not None:
+        return summary.get("last")
+    rows = validation_history(table)  # validated before summaries existed
     return rows[-1] if rows else None
+
+
+def last_full_validation(table: str) -> dict[str, Any] | None:
+    summary = _summary(table)
+    if summary is not None:
+        return summary.get("last_full")
+    fulls = [r for r in validation_history(table) if r["full"]]
+    return fulls[-1] if fulls else None
 
 
 # --------------------------------------------------------------------------- versions
@@ -722,14 +776,19 @@ def _grouped_counts(
     return {tuple(r[c] for c in by): r["count"] for r in counted}
 
 
-def _ingest_records(stream: str) -> list[dict[str, Any]] | None:
-    """This stream's rows of ``_ops/ingest_batches`` (delta-rs writes it, delta-rs reads it)."""
+def _ingest_records(stream: str, min_batch: int | None = None) -> list[dict[str, Any]] | None:
+    """This stream's rows of ``_ops/ingest_batches`` (delta-rs writes it, delta-rs reads it),
+    from batch ``min_batch`` on: an increment's check reads its own batches, not the
+    stream's whole past (the filter goes into the Parquet scan)."""
     import pyarrow.compute as pc
 
     path = ops_path(INGEST_BATCHES)
     if not storage.is_delta_table(path):
         return None
-    return arrow_table(path, None, None, pc.field("stream") == stream).to_pylist()
+    where = pc.field("stream") == stream
+    if min_batch is not None:
+        where = where & (pc.field("batch_id") >= min_batch)
+    return arrow_table(path, None, None, where).to_pylist()
 
 
 def check_reconcile_bronze(ctx: CheckContext) -> list[dict[str, Any]]:
@@ -744,7 +803,9 @@ def check_reconcile_bronze(ctx: CheckContext) -> list[dict[str, Any]]:
     tables are read with delta-rs, only the batch ids in scope: no JVM either way.
     """
     ref = ctx.ref
-    records = _ingest_records(ref.spec.name)
+    in_rows = ctx.rows.distinct("batch_id")
+    # Batch ids only grow per writer: an increment's batches are at or after its smallest.
+    records = _ingest_records(ref.spec.name, None if ctx.full or not in_rows else min(in_rows))
     if records is None:
         return [_check_failure("reconcile_bronze", None, "no _ops/ingest_batches table", {})]
     app_ids = sorted({r["app_id"] for r in records})
@@ -754,7 +815,7 @@ def check_reconcile_bronze(ctx: CheckContext) -> list[dict[str, Any]]:
     ]
     recorded_keys = {(r["app_id"], r["batch_id"]) for r in recorded_rows}
     in_flight = {b for app, b in writers.items() if (app, b) not in recorded_keys}
-    scope = ctx.rows.distinct("batch_id") - in_flight
+    scope = in_rows - in_flight
     if ctx.full:
         # Only batches the pinned bronze version already holds: ingest_batches is read
         # at its latest version and may already count batches committed after the pin.
@@ -1062,10 +1123,9 @@ def _env_number(name: str, default: float) -> float:
 def _periodic_full_due(table: str, to_version: int) -> str | None:
     every_versions = _env_number("RIVERDELTA_FULL_EVERY_VERSIONS", 500)
     every_hours = _env_number("RIVERDELTA_FULL_EVERY_HOURS", 24)
-    fulls = [r for r in validation_history(table) if r["full"]]
-    if not fulls:
+    last = last_full_validation(table)
+    if last is None:
         return "no full validation on record"
-    last = fulls[-1]
     if to_version - last["to_version"] >= every_versions:
         return f"last full validation is {to_version - last['to_version']} versions old"
     age = datetime.now(UTC) - last["validated_at"]
