@@ -190,3 +190,95 @@ def maintain_ops(retention_hours: float = 7 * 24.0) -> list[TableReport]:
         maintain_table(n, ops_path(n), retention_hours=retention_hours, keep_version=None)
         for n in names
     ]
+
+
+# --------------------------------------------------------------------------- old table sets
+
+
+def _roots(lake: str) -> list[str]:
+    """``tables`` and every ``tables@<run>`` root under the lake."""
+    fs, base = storage.filesystem(lake)
+    if not fs.exists(base):
+        return []
+    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)]
+    return sorted(storage.join(lake, n) for n in names if n == "tables" or n.startswith("tables@"))
+
+
+def _last_commit_seconds_ago(path: str) -> float | None:
+    try:
+        [last] = storage.delta_table(path).history(1)
+    except Exception:
+        return None
+    return time.time() - float(last["timestamp"]) / 1000.0
+
+
+def old_table_sets(stream: str) -> list[dict[str, Any]]:
+    """Every set of the stream's tables that is not live: where, how old, removable or why not.
+
+    A set is the stream's table directories under one root (the live root, or a
+    rebuild's ``tables@<run>``). It is kept while the stream's location or any of its
+    tables' publications points into it, and for ``maintenance.retention`` after its
+    last commit (nobody writes a retired set, so that is when it was retired).
+    """
+    from riverdelta.lake import lake_root, stream_location
+    from riverdelta.quality import publication
+    from riverdelta.registry import load_registry, parse_duration
+
+    spec = load_registry().get(stream)
+    retention = parse_duration(spec.maintenance.retention).total_seconds()
+    live = stream_location(stream)["tables_root"].rstrip("/")
+    published = {
+        (pub["path"] or "").rstrip("/").rsplit("/", 1)[0]
+        for t in spec.table_names().values()
+        if (pub := publication(t))
+    }
+    fs, _ = storage.filesystem(lake_root())
+    sets = []
+    for root in _roots(lake_root()):
+        tables = [
+            storage.join(root, t)
+            for t in spec.table_names().values()
+            if fs.exists(storage.filesystem(storage.join(root, t))[1])
+        ]
+        if root.rstrip("/") == live or not tables:
+            continue
+        ages = [a for t in tables if (a := _last_commit_seconds_ago(t)) is not None]
+        age = min(ages) if ages else None
+        reason = None
+        if root.rstrip("/") in published:
+            reason = "a publication still points at it"
+        elif age is None or age < retention:
+            reason = f"retired less than {spec.maintenance.retention} ago"
+        sets.append(
+            {
+                "root": root,
+                "tables": tables,
+                "age_hours": None if age is None else round(age / 3600.0, 2),
+                "removable": reason is None,
+                "kept_because": reason,
+            }
+        )
+    return sets
+
+
+def remove_old_table_sets(stream: str, dry_run: bool = True) -> list[dict[str, Any]]:
+    """Remove the removable sets of ``old_table_sets`` (only list them with ``dry_run``).
+
+    Re-checked right before removing: a set that became live or published since the
+    listing is kept. A ``tables@<run>`` root left empty goes too; the shared
+    ``tables`` root stays (other streams' tables live there).
+    """
+    sets = old_table_sets(stream)
+    if dry_run:
+        return sets
+    for s in sets:
+        if not s["removable"]:
+            continue
+        for table in s["tables"]:
+            fs, path = storage.filesystem(table)
+            fs.rm(path, recursive=True)
+        fs, root = storage.filesystem(s["root"])
+        if s["root"].rstrip("/").rsplit("/", 1)[-1].startswith("tables@") and not fs.ls(root):
+            fs.rm(root, recursive=True)
+        s["removed"] = True
+    return sets

@@ -41,7 +41,11 @@ def maintain_dag(spec: StreamSpec) -> DAG:
             f"{m.retention} ago, never one the validated version or an unvalidated "
             "increment still needs. Runs beside the live stream; while a backfill of the "
             "stream runs it skips vacuum and the quarantine's compaction. Gold is not "
-            "compacted (the refresher rewrites its windows). No JVM."
+            "compacted (the refresher rewrites its windows). No JVM.\n\n"
+            "Then lists the stream's old table sets (left by rebuilds; `list_old_table_sets` "
+            "is the dry run: what would go and why the rest stays) and removes those retired "
+            f"more than {m.retention} ago that neither the stream nor a publication points "
+            "at (`remove_old_table_sets`)."
         ),
     ) as dag:
 
@@ -61,7 +65,30 @@ def maintain_dag(spec: StreamSpec) -> DAG:
             _raise_on_errors(reports)
             return {**result, "tables": reports}
 
-        maintain_tables()
+        @task(task_id="list_old_table_sets")
+        def list_old_table_sets() -> list[dict[str, Any]]:
+            from riverdelta import maintenance
+
+            return maintenance.remove_old_table_sets(spec.name, dry_run=True)
+
+        @task(task_id="remove_old_table_sets")
+        def remove_old_table_sets(listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from riverdelta import maintenance, ops
+            from riverdelta.backfill import running_backfill
+
+            if not any(s["removable"] for s in listed):
+                raise AirflowSkipException("no old table set is due for removal")
+            if running_backfill(spec.name):
+                raise AirflowSkipException("a backfill of the stream is running")
+            # Listed again inside: what became live or published since is kept.
+            done = maintenance.remove_old_table_sets(spec.name, dry_run=False)
+            removed = [s["root"] for s in done if s.get("removed")]
+            ops.record(spec.name, "table_sets_removed", roots=removed)
+            return done
+
+        maintain_tables() >> remove_old_table_sets(list_old_table_sets())
     return dag
 
 

@@ -115,3 +115,53 @@ def test_maintenance_settings_are_checked_before_anything_runs(tmp_path):
         path.write_text(yaml.safe_dump({**data, "streams": {"transactions": stream}}))
         with pytest.raises(ContractError, match=message):
             load_registry(path)
+
+
+def test_old_table_sets_go_after_the_retention_unless_live_or_published(tmp_path, monkeypatch):
+    import time
+
+    import yaml
+
+    from riverdelta import quality
+    from riverdelta.lake import TableSet, lake_root, set_stream_location
+    from riverdelta.maintenance import remove_old_table_sets
+    from riverdelta.registry import load_registry
+    from riverdelta.settings import settings
+
+    data = yaml.safe_load(settings().streams_file.read_text())
+    data["streams"]["page_views"]["maintenance"] = {"retention": "1 seconds"}
+    registry = tmp_path / "streams.yaml"
+    registry.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("RIVERDELTA_STREAMS", str(registry))
+    monkeypatch.setenv("RIVERDELTA_LAKE", str(tmp_path / "lake"))
+    settings.cache_clear()
+    try:
+        spec = load_registry().get("page_views")
+        first = TableSet.for_stream(spec)  # the live root, tables/
+        for path in first.paths.values():
+            _append(path, [1])
+        _append(TableSet.for_stream(load_registry().get("transactions"))["silver"], [1])
+        rebuilt_root = f"{lake_root()}/tables@r1"
+        for path in TableSet.for_stream(spec, rebuilt_root).paths.values():
+            _append(path, [1])
+        set_stream_location("page_views", rebuilt_root, str(tmp_path / "cp"), by="r1")
+        quality.publish("page_views_silver", 0, path=first["silver"], by="test")
+
+        [listed] = remove_old_table_sets("page_views", dry_run=True)
+        assert listed["root"].endswith("/tables") and len(listed["tables"]) == 4
+        assert (listed["removable"], listed["kept_because"]) == (
+            False,
+            "a publication still points at it",
+        )
+        quality.publish("page_views_silver", 0, path=rebuilt_root + "/page_views_silver", by="t")
+        time.sleep(1.2)
+        [done] = remove_old_table_sets("page_views", dry_run=False)
+        assert done["removed"] is True
+        from pathlib import Path
+
+        left = sorted(p.name for p in (Path(lake_root()) / "tables").iterdir())
+        assert left == ["transactions_silver"]  # another stream's table stays
+        assert len(list((Path(lake_root()) / "tables@r1").iterdir())) == 4  # the live set stays
+        assert remove_old_table_sets("page_views", dry_run=True) == []
+    finally:
+        settings.cache_clear()
