@@ -8,6 +8,7 @@ secret are generated once and kept in 0600 files under the Airflow home.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -72,6 +73,8 @@ def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
     home = s.airflow_home
     home.mkdir(parents=True, exist_ok=True)
     _, jwt_secret = _secret_file("jwt_secret", secrets.token_urlsafe(32))
+    # Connections' passwords and extras are encrypted in Airflow's database with it.
+    _, fernet_key = _secret_file("fernet_key", base64.urlsafe_b64encode(os.urandom(32)).decode())
     env = dict(os.environ if base is None else base)
     venv_bin = str(Path(sys.executable).parent)
     env.update(
@@ -91,6 +94,7 @@ def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
             "AIRFLOW__API__BASE_URL": api_url(),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url()}/execution/",
             "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
+            "AIRFLOW__CORE__FERNET_KEY": fernet_key,
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
@@ -116,6 +120,7 @@ def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
             "AIRFLOW__API__BASE_URL",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
             "AIRFLOW__CORE__EXECUTOR",
+            "AIRFLOW__CORE__FERNET_KEY",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER",
         ):
             if (base if base is not None else os.environ).get(key):
