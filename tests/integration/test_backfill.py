@@ -181,19 +181,27 @@ def test_refusals_change_nothing_and_dry_run_reports(airflow_db, stream_registry
 
 
 class Maintainer:
-    """Runs ``maintain_stream`` over and over in the background until stopped."""
+    """Runs ``maintain_stream`` a few times in the background, ``pause`` seconds apart.
 
-    def __init__(self, stream: str) -> None:
+    A few passes, not a tight loop: every compaction costs the live writer one retry
+    of the batch it overlaps (its silver append reads silver for de-duplication, so
+    Delta checks it against the compaction's files), and compaction runs nightly.
+    """
+
+    def __init__(self, stream: str, passes: int = 3, pause: float = 8.0) -> None:
         self.runs: list[dict] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._args = (stream, passes, pause)
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self, stream: str) -> None:
+    def _run(self) -> None:
         from riverdelta.maintenance import maintain_stream
 
-        while not self._stop.is_set():
+        stream, passes, pause = self._args
+        for _ in range(passes):
+            if self._stop.wait(pause):
+                return
             self.runs.append(maintain_stream(stream))
-            self._stop.wait(1.0)
 
     def __enter__(self) -> Maintainer:
         self._thread.start()
