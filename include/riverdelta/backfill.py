@@ -159,6 +159,11 @@ def resolve(
             )
         return time_lookup(bootstrap, topic, parts, at, high)
 
+    t_from, t_to = (_parse_time((t or "").strip()) for t in (from_, to))
+    if t_from is not None and t_to is not None and t_to < t_from:
+        # Both may resolve to the same offsets (before the first record, say): an empty
+        # range that "succeeds" would hide the typo.
+        raise BackfillRefused(f"to {to!r} is before from {from_!r}: swap them")
     start = side(from_, low, "from")
     end = side(to, high, "to")
     lost = {p: low[p] - start[p] for p in parts if start[p] < low[p]}

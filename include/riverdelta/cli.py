@@ -97,26 +97,44 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    import os
-    import subprocess
-
-    from riverdelta.airflow_stack import airflow_env
+def run_command(args: argparse.Namespace) -> list[str]:
+    """The spark-submit command of ``riverdelta run``: every option it accepts is passed on."""
     from riverdelta.registry import load_registry
-    from riverdelta.submit import build_command, ingest_args, submit_env
+    from riverdelta.submit import build_command, ingest_args
 
     spec = load_registry().get(args.stream)  # unknown stream: fail before spark-submit starts
-    os.environ.update(airflow_env())  # the Spark connection the DAGs use
-    cmd = build_command(
+    if args.mode == "live" and (args.until or args.skip_present):
+        raise ValueError(
+            "--until and --skip-present bound a replay: add --mode replay "
+            "(or use `riverdelta backfill --mode range`)"
+        )
+    return build_command(
         ingest_args(
             spec.name,
             args.mode,
             starting=args.starting,
             max_offsets_per_trigger=args.max_offsets_per_trigger,
             checkpoint=args.checkpoint,
+            until=args.until,
+            skip_present=args.skip_present,
         ),
         name=f"riverdelta-{spec.name}-{args.mode}",
     )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    from riverdelta.airflow_stack import airflow_env
+    from riverdelta.submit import submit_env
+
+    os.environ.update(airflow_env())  # the Spark connection the DAGs use
+    try:
+        cmd = run_command(args)
+    except ValueError as exc:
+        print(f"run: {exc}", file=sys.stderr)
+        return 2
     return subprocess.run(cmd, env=submit_env()).returncode
 
 

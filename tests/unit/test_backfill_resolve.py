@@ -63,6 +63,16 @@ def test_refusals(from_, to, message):
         r(from_, to)
 
 
+def test_a_to_before_from_is_refused_even_when_both_resolve_to_the_same_offsets():
+    def before_every_record(bootstrap, topic, parts, at, high):
+        return {0: 100, 1: 0, 2: 50}  # both times precede the first record: same offsets
+
+    with pytest.raises(BackfillRefused, match="'2026-01-01T00:00:00Z' is before from .*: swap"):
+        r("2026-01-02T00:00:00Z", "2026-01-01T00:00:00Z", before_every_record)
+    rng = r("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", before_every_record)
+    assert rng.records == 0
+
+
 def test_parse_offsets_rejects_non_objects():
     with pytest.raises(BackfillRefused):
         parse_offsets("[1, 2]", "t")
