@@ -67,7 +67,7 @@ def test_a_to_before_from_is_refused_even_when_both_resolve_to_the_same_offsets(
     def before_every_record(bootstrap, topic, parts, at, high):
         return {0: 100, 1: 0, 2: 50}  # both times precede the first record: same offsets
 
-    with pytest.raises(BackfillRefused, match="'2026-01-01T00:00:00Z' is before from .*: swap"):
+    with pytest.raises(BackfillRefused, match=r"'2026-01-01T00:00:00Z' is before from .*: swap"):
         r("2026-01-02T00:00:00Z", "2026-01-01T00:00:00Z", before_every_record)
     rng = r("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", before_every_record)
     assert rng.records == 0
