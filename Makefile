@@ -49,6 +49,10 @@ test-slow: setup ## the long crash-recovery tests
 bench: setup ## measure Riverdelta vs raw Kafka / naive Spark (1M records, ~25 min); rewrites docs/benchmarks.md
 	$(PY) -m riverdelta.bench --write-docs $(BENCH_ARGS)
 
+.PHONY: soak
+soak: setup ## the embedded stack left running with maintenance every 10 min (SOAK_ARGS="--minutes 60"); plot in results/
+	$(PY) -m riverdelta.soak $(SOAK_ARGS)
+
 .PHONY: bench-cluster
 bench-cluster: setup ## replay throughput: 2-worker Spark standalone cluster vs local[2] (200k records, ~10 min)
 	$(PY) -m riverdelta.bench_cluster $(BENCH_CLUSTER_ARGS)

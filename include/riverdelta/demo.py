@@ -26,7 +26,9 @@ def say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def start_producers(streams: list[str]) -> None:
+def start_producers(
+    streams: list[str], count: int = PRODUCE_COUNT, rate: float = PRODUCE_RATE
+) -> None:
     from riverdelta import procs
     from riverdelta.settings import settings
 
@@ -36,14 +38,14 @@ def start_producers(streams: list[str]) -> None:
             continue
         cmd = [
             sys.executable, "-m", "riverdelta.cli", "produce", name,
-            "--count", str(PRODUCE_COUNT), "--rate", str(PRODUCE_RATE),
+            "--count", str(count), "--rate", str(rate),
             "--poison-rate", "0.02", "--duplicate-rate", "0.02", "--late-rate", "0.01",
             "--seed", str(seed + i),
         ]  # fmt: skip
         procs.start_detached(
             f"producer-{name}", cmd, log=settings().log_dir / f"producer-{name}.log"
         )
-        say(f"producing {PRODUCE_COUNT} {name} events at {PRODUCE_RATE:.0f}/s in the background")
+        say(f"producing {count} {name} events at {rate:.0f}/s in the background")
 
 
 def wait_healthy(streams: list[str], timeout: float = 420) -> dict[str, Any]:

@@ -165,3 +165,16 @@ def test_old_table_sets_go_after_the_retention_unless_live_or_published(tmp_path
         assert remove_old_table_sets("page_views", dry_run=True) == []
     finally:
         settings.cache_clear()
+
+
+def test_the_soak_counts_files_with_and_without_maintenance(tmp_path):
+    from deltalake import DeltaTable
+
+    from riverdelta.soak import table_files
+
+    path = str(tmp_path / "t")
+    assert table_files(path) is None
+    for i in range(5):
+        _append(path, [i])
+    DeltaTable(path).optimize.compact()
+    assert table_files(path) == {"version": 5, "files_now": 1, "files_without_maintenance": 5}
