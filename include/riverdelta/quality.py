@@ -1452,7 +1452,10 @@ def validate_stream(
     """
     from riverdelta.registry import load_registry
 
-    names = list(load_registry().get(stream).table_names().values())
+    layers = load_registry().get(stream).table_names()
+    # What analysts read first: silver and gold publish before bronze and quarantine.
+    rank = {"silver": 0, "bronze": 2, "quarantine": 3}
+    names = [layers[k] for k in sorted(layers, key=lambda layer: rank.get(layer, 1))]
     unknown = sorted(set(tables or []) - set(names))
     if unknown:
         raise KeyError(
