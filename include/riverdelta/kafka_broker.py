@@ -326,19 +326,17 @@ def create_scram_user(username: str, password: str) -> None:
         UserScramCredentialUpsertion,
     )
 
-    upserts = [
-        UserScramCredentialUpsertion(
-            username,
-            ScramCredentialInfo(getattr(ScramMechanism, m.replace("-", "_")), 8192),
-            password.encode(),
-        )
-        for m in SCRAM_MECHANISMS
-    ]
-    for user, fut in _internal_admin().alter_user_scram_credentials(upserts).items():
-        try:
-            fut.result()
-        except Exception as exc:
-            raise BrokerError(f"creating the SCRAM user {user} failed: {exc}") from exc
+    # Hold the client until the futures resolve: a collected client cancels them.
+    client = _internal_admin()
+    for mech in SCRAM_MECHANISMS:
+        # One request per mechanism: a request may alter a user only once.
+        info = ScramCredentialInfo(getattr(ScramMechanism, mech.replace("-", "_")), 8192)
+        upsert = UserScramCredentialUpsertion(username, info, password.encode())
+        for fut in client.alter_user_scram_credentials([upsert], request_timeout=30).values():
+            try:
+                fut.result()
+            except Exception as exc:
+                raise BrokerError(f"creating the SCRAM user {username} failed: {exc}") from exc
 
 
 def _provision_users() -> None:

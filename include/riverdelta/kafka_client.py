@@ -305,17 +305,19 @@ def explain(cfg: KafkaClientConfig, error: str) -> str | None:
             "RIVERDELTA_KAFKA_SASL_USERNAME and the password (RIVERDELTA_KAFKA_SASL_PASSWORD_FILE, "
             "RIVERDELTA_KAFKA_SASL_PASSWORD or the kafka_default connection's password)"
         )
-    if "unsupported sasl mechanism" in text or ("mechanism" in text and "not enabled" in text):
+    if "unsupported sasl mechanism" in text:
+        offered = re.search(r"supported mechanisms: ([A-Z0-9,_-]+)", error)
         return (
             f"Kafka at {where}: the broker does not offer SASL mechanism {cfg.mechanism}; set "
             "RIVERDELTA_KAFKA_SASL_MECHANISM to one it enables"
+            + (f" ({offered.group(1)})" if offered else "")
         )
     if "certificate verify failed" in text or "unable to get local issuer" in text:
         return (
             f"Kafka at {where}: the broker's certificate is not trusted by {cfg.ca}; set "
             "RIVERDELTA_KAFKA_SSL_CA to the PEM CA that signed it"
         )
-    if "certificate required" in text or ("handshake failure" in text and cfg.keystore is None):
+    if "certificate required" in text or "bad certificate" in text:
         return (
             f"Kafka at {where}: the broker requires a client certificate; set "
             "RIVERDELTA_KAFKA_SSL_KEYSTORE to a PEM file with the client key and certificate"
@@ -325,7 +327,7 @@ def explain(cfg: KafkaClientConfig, error: str) -> str | None:
             f"Kafka at {where}: the listener speaks TLS but the client does not; set "
             "RIVERDELTA_KAFKA_SECURITY to ssl or sasl_ssl"
         )
-    if "wrong version number" in text or "packet length too long" in text:
+    if "plaintext broker listener" in text or "wrong version number" in text:
         return (
             f"Kafka at {where}: the listener does not speak TLS; set RIVERDELTA_KAFKA_SECURITY "
             "to plaintext or sasl_plaintext (or use the broker's TLS port)"
@@ -355,13 +357,41 @@ def check(cfg: KafkaClientConfig | None = None, timeout: float = 15.0) -> None:
             return
         except Exception as exc:  # KafkaException: timed out; the reason is in errors
             errors.append(str(exc))
+        client.poll(0.2)  # serves the error callback
         for err in errors:
             line = explain(cfg, err)
             if line:
                 raise KafkaClientError(line)
+        if not cfg.tls and _speaks_tls(cfg.bootstrap):
+            raise KafkaClientError(
+                f"Kafka at {cfg.describe()}: the listener speaks TLS but the client does not; "
+                "set RIVERDELTA_KAFKA_SECURITY to ssl or sasl_ssl"
+            )
         if time.monotonic() >= deadline:
             last = errors[-1] if errors else "no answer"
             raise KafkaClientError(
                 f"Kafka at {cfg.describe()} did not answer within {timeout:.0f}s ({last}); "
                 "check RIVERDELTA_KAFKA_BOOTSTRAP and that the broker runs"
             )
+
+
+def _speaks_tls(bootstrap: str, timeout: float = 2.0) -> bool:
+    """True when the first bootstrap server completes a TLS handshake (unverified)."""
+    import socket
+    import ssl
+
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=host.strip("[]")),
+        ):
+            return True
+    except ssl.SSLError as exc:
+        # A listener demanding a client certificate still speaks TLS.
+        return "certificate" in str(exc).lower()
+    except (OSError, ValueError):
+        return False
