@@ -141,7 +141,10 @@ class KafkaClientConfig:
         """
         extra = self.librdkafka()
         password = extra.pop("sasl.password", None)
-        return {"conn_type": "kafka", "extra": extra, "login": self.username, "password": password}
+        conn: dict[str, Any] = {"conn_type": "kafka", "extra": extra}
+        if self.sasl:
+            conn.update(login=self.username, password=password)
+        return conn
 
     @classmethod
     def from_connection(
@@ -245,6 +248,36 @@ def client_config(s: Settings | None = None, bootstrap: str | None = None) -> Ka
             cfg, ca=str(ca) if ca else None, keystore=str(keystore) if keystore else None
         )
     return cfg
+
+
+def connection_of_settings(s: Settings | None = None) -> dict[str, Any]:
+    """The ``kafka_default`` Airflow connection of the settings, without the password.
+
+    Written into Airflow's environment, so the password stays where the settings
+    keep it (the 0600 file or RIVERDELTA_KAFKA_SASL_PASSWORD) and ``from_connection``
+    reads it from there. Paths are not checked here: the broker may make them later.
+    """
+    s = s or settings()
+    ca, keystore = _embedded_defaults(s)
+    cfg = KafkaClientConfig(
+        bootstrap=s.kafka_bootstrap,
+        protocol=s.kafka_security_protocol,
+        mechanism=s.kafka_sasl_mechanism,
+        username=s.kafka_sasl_username or (EMBEDDED_USER if s.env == "embedded" else None),
+        ca=str(ca) if ca else None,
+        keystore=str(keystore) if keystore else None,
+    )
+    conn = cfg.to_connection()
+    conn.pop("password", None)
+    return conn
+
+
+def from_airflow_connection(conn_id: str = "kafka_default") -> KafkaClientConfig:
+    """What an Airflow task connects with: the connection's extra, login and password."""
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id)
+    return KafkaClientConfig.from_connection(conn.extra_dejson, conn.login, conn.password)
 
 
 def config_for(bootstrap: str | None) -> KafkaClientConfig:
