@@ -130,16 +130,25 @@ def _signed_keystore(tool: str, tls: BrokerTls, alias: str, dname: str, san: str
     return store
 
 
-def _pem_of_keystore(store: str, env: dict[str, str]) -> str:
-    """Key, certificate and CA of a PKCS12 keystore as clean PEM blocks (no bag attributes)."""
+def _pem_of_keystore(store: str, leaf: Path, ca: Path, env: dict[str, str]) -> str:
+    """The keystore's key, then its certificate, then the CA: the order Java requires."""
     out = _run(
-        ["openssl", "pkcs12", "-in", store, "-nodes", "-passin", f"env:{_STOREPASS_ENV}"], env
+        [
+            "openssl",
+            "pkcs12",
+            "-in",
+            store,
+            "-nodes",
+            "-nocerts",
+            "-passin",
+            f"env:{_STOREPASS_ENV}",
+        ],
+        env,
     )
-    blocks = [m.group(0) for m in _BLOCK.finditer(out)]
-    keys = [b for b in blocks if "PRIVATE KEY" in b.splitlines()[0]]
-    certs = [b for b in blocks if "CERTIFICATE" in b.splitlines()[0]]
-    if len(keys) != 1 or not certs:
-        raise CertError(f"unexpected content in {store}: {len(keys)} keys, {len(certs)} certs")
+    keys = [m.group(0) for m in _BLOCK.finditer(out) if "PRIVATE KEY" in m.group(1)]
+    if len(keys) != 1:
+        raise CertError(f"unexpected content in {store}: {len(keys)} private keys")
+    certs = [m.group(0) for p in (leaf, ca) for m in _BLOCK.finditer(p.read_text())]
     return "".join([keys[0], *certs])
 
 
@@ -184,5 +193,6 @@ def ensure(tls_dir: Path, java: str) -> BrokerTls:
         (tls_dir / f"{alias}.p12").unlink(missing_ok=True)
     _signed_keystore(tool, tls, "broker", "CN=localhost", "ip:127.0.0.1,dns:localhost", env)
     client_store = _signed_keystore(tool, tls, "client", "CN=riverdelta-client", None, env)
-    _write_private(tls.client_pem, _pem_of_keystore(client_store, env))
+    pem = _pem_of_keystore(client_store, tls_dir / "client.crt", tls.ca_pem, env)
+    _write_private(tls.client_pem, pem)
     return tls
