@@ -121,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
 
         # Rates and the last exception for `riverdelta status`; lag itself comes from the checkpoint.
         spark.streams.addListener(make_progress_listener(progress_file(spec.name)))
+        from riverdelta.group_offsets import make_group_committer
+
+        # Processed offsets in a consumer group, for Kafka's own lag tools (reporting only).
+        spark.streams.addListener(make_group_committer(spec.name, f"riverdelta-{spec.name}-live"))
     log = logging.getLogger("riverdelta.ingest")
     for attempt in range(MAX_METRICS_BUG_RESTARTS + 1):
         query = start_query(

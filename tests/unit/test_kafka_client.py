@@ -197,3 +197,18 @@ def test_secured_broker_listeners(tmp_path: Path) -> None:
     assert props["inter.broker.listener.name"] == "INTERNAL"
     assert props["listener.name.ssl.ssl.client.auth"] == "required"
     assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-256,SCRAM-SHA-512"
+
+
+def test_group_offsets_come_from_the_kafka_sources_of_a_progress() -> None:
+    from riverdelta.group_offsets import end_offsets_of_progress, group_id
+
+    progress = {
+        "name": "riverdelta-tx-live",
+        "sources": [
+            {"description": "KafkaV2[Subscribe[a]]", "endOffset": {"a": {"0": 5, "1": 7}}},
+            {"description": "KafkaV2[Subscribe[b]]", "endOffset": '{"b": {"2": 9}}'},
+            {"description": "RateStreamV2", "endOffset": 3},
+        ],
+    }
+    assert end_offsets_of_progress(progress) == {"a": {0: 5, 1: 7}, "b": {2: 9}}
+    assert group_id("tx") == "riverdelta-tx"
