@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import _free_port
-from tests.integration.ingest_helpers import assert_invariants, wait_for, wait_gold
+from tests.integration.ingest_helpers import assert_invariants, status, wait_for, wait_gold
 
 pytestmark = pytest.mark.integration
 
@@ -159,6 +159,7 @@ def test_sasl_ssl_live_ingest_lag_backfill_and_no_leak(secured, spark, tmp_path,
     more = produce(spec, 120, bootstrap=settings().kafka_bootstrap, seed=22)["sent"]
     health = compute_health(live_checkpoint(stream), settings().kafka_bootstrap, topic)
     assert health.lag_records == more == group_offsets.group_lag(stream, topic) == 120
+    assert status(stream)["lag_records"] == 120
     assert_invariants(spark, spec, job, summary)
 
     # A range backfill over SASL_SSL: offsets resolved through the secured look-ups,
