@@ -212,3 +212,34 @@ def test_group_offsets_come_from_the_kafka_sources_of_a_progress() -> None:
     }
     assert end_offsets_of_progress(progress) == {"a": {0: 5, 1: 7}, "b": {2: 9}}
     assert group_id("tx") == "riverdelta-tx"
+
+
+def test_the_kafka_default_connection_reads_back_as_the_settings_config(
+    monkeypatch, tmp_path: Path
+) -> None:
+    """What airflow_stack writes into kafka_default is what the settings connect with."""
+    from riverdelta.settings import settings
+
+    pw = tmp_path / "pw"
+    pw.write_text("conn-pass-123")
+    pw.chmod(0o600)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    _secure_env(
+        monkeypatch,
+        tmp_path,
+        RIVERDELTA_KAFKA_SASL_PASSWORD_FILE=str(pw),
+        RIVERDELTA_KAFKA_SSL_CA=str(ca),
+        RIVERDELTA_KAFKA_SASL_MECHANISM="scram-sha-256",
+    )
+    settings.cache_clear()
+    try:
+        conn = kafka_client.connection_of_settings()
+        assert "password" not in conn and "conn-pass-123" not in str(conn)
+        assert conn["extra"]["security.protocol"] == "SASL_SSL"
+        assert conn["extra"]["ssl.ca.location"] == str(ca)
+        back = KafkaClientConfig.from_connection(conn["extra"], conn["login"])
+        assert back == kafka_client.client_config()
+        assert back.mechanism == "SCRAM-SHA-256" and back.password == "conn-pass-123"
+    finally:
+        settings.cache_clear()
