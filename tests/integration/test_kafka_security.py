@@ -68,6 +68,16 @@ def secured():
     settings.cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_settings():
+    """A test's monkeypatched variables must not outlive it in the settings cache."""
+    from riverdelta.settings import settings
+
+    settings.cache_clear()
+    yield
+    settings.cache_clear()
+
+
 def _registry(tmp_path: Path, topic: str) -> tuple[str, Path]:
     from riverdelta.settings import settings
 
