@@ -161,6 +161,13 @@ def _consumer(bootstrap: str, **conf: Any):
     return kafka_client.consumer(bootstrap, **conf)
 
 
+def _explain_refusal(bootstrap: str) -> None:
+    """Raise the one-line reason when Kafka refuses this client's setup (password, TLS, ...)."""
+    from riverdelta import kafka_client
+
+    kafka_client.check(kafka_client.config_for(bootstrap), timeout=3.0)
+
+
 def watermarks(
     bootstrap: str, topic: str, timeout: float = DEFAULT_TIMEOUT
 ) -> dict[int, tuple[int, int]]:
@@ -169,7 +176,11 @@ def watermarks(
 
     consumer = _consumer(bootstrap)
     try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        except Exception:
+            _explain_refusal(bootstrap)
+            raise
         if meta is None or meta.error is not None:
             raise RuntimeError(f"topic {topic} not found on {bootstrap}: {meta and meta.error}")
         return {
