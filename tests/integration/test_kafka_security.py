@@ -195,8 +195,9 @@ def test_sasl_ssl_live_ingest_lag_backfill_and_no_leak(secured, spark, tmp_path,
 
 
 def test_mtls_produce_and_replay(secured, spark, tmp_path, monkeypatch):
-    from riverdelta import kafka_broker
+    from riverdelta import backfill, kafka_broker
     from riverdelta.generator import produce
+    from riverdelta.health import compute_health
     from riverdelta.ingest import make_job, start_query
     from riverdelta.registry import load_registry
     from riverdelta.settings import settings
@@ -226,6 +227,10 @@ def test_mtls_produce_and_replay(secured, spark, tmp_path, monkeypatch):
         assert query.exception() is None
         finish_gold(job)
         assert read(spark, job.tables["bronze"]).count() == sent == 800
+        # Lag and backfill resolution over mTLS too.
+        bootstrap = settings().kafka_bootstrap
+        assert compute_health(job.checkpoint, bootstrap, topic).lag_records == 0
+        assert backfill.resolve(topic, bootstrap).records == 800
     finally:
         settings.cache_clear()
 
