@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -117,6 +118,7 @@ def test_sasl_ssl_live_ingest_lag_backfill_and_no_leak(secured, spark, tmp_path,
     from riverdelta.generator import produce
     from riverdelta.health import compute_health
     from riverdelta.ingest import make_job
+    from riverdelta.kafka_client import client_config
     from riverdelta.lake import live_checkpoint
     from riverdelta.registry import load_registry
     from riverdelta.settings import settings
@@ -125,6 +127,13 @@ def test_sasl_ssl_live_ingest_lag_backfill_and_no_leak(secured, spark, tmp_path,
     password, home = secured
     topic = f"rd.sec-{uuid.uuid4().hex[:6]}"
     assert kafka_broker.create_topics({topic: 3}) == [topic]
+    # Spark redacts the JAAS option (key and value) wherever it prints conf or options.
+    for key, text in (
+        ("spark.redaction.regex", client_config().spark_options()["kafka.sasl.jaas.config"]),
+        ("spark.sql.redaction.options.regex", "kafka.sasl.jaas.config"),
+    ):
+        redacted = re.search(spark.conf.get(key), text) is not None  # never print the text
+        assert redacted, key
     stream, registry = _registry(tmp_path, topic)
     monkeypatch.setenv("RIVERDELTA_STREAMS", str(registry))
     settings.cache_clear()
@@ -243,7 +252,7 @@ def _driver(stream_registry: Path, stream: str, env: dict[str, str]):
     return proc, time.monotonic() - t0
 
 
-def test_bad_settings_fail_fast_with_one_line_and_show_in_status(secured, tmp_path):
+def test_bad_settings_fail_fast_with_one_line_and_show_in_status(secured, tmp_path, monkeypatch):
     """The driver's pre-flight refuses before Spark starts; status shows it as the last error."""
     from riverdelta.listener import read_record
     from riverdelta.settings import settings
@@ -303,4 +312,7 @@ def test_bad_settings_fail_fast_with_one_line_and_show_in_status(secured, tmp_pa
     settings.cache_clear()
     record = read_record(progress_file(stream))
     assert record is not None and "is readable by others" in record["last_exception"]
+    monkeypatch.setenv("RIVERDELTA_STREAMS", str(registry))
+    settings.cache_clear()
+    assert "is readable by others" in status(stream)["last_error"]
     assert json.dumps(record).count("\n") == 0
