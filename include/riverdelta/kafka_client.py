@@ -85,7 +85,13 @@ class KafkaClientConfig:
     def spark_options(self) -> dict[str, str]:
         opts = {"kafka.bootstrap.servers": self.bootstrap, "kafka.security.protocol": self.protocol}
         if self.sasl:
-            module = _LOGIN_MODULES[self.mechanism or ""]
+            module = _LOGIN_MODULES.get(self.mechanism or "")
+            if module is None:
+                raise ConfigError(
+                    f"SASL mechanism {self.mechanism!r} is not supported: expected one of "
+                    f"{', '.join(_LOGIN_MODULES)} (RIVERDELTA_KAFKA_SASL_MECHANISM or the "
+                    "kafka_default connection's sasl.mechanism)"
+                )
             opts["kafka.sasl.mechanism"] = self.mechanism or ""
             opts["kafka.sasl.jaas.config"] = (
                 f'{module} required username="{_jaas_quote(self.username or "")}" '

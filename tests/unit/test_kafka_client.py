@@ -268,3 +268,11 @@ def test_registry_refuses_topic_with_topics_or_pattern(tmp_path: Path, extra, me
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ValueError, match="several topics per stream are not supported yet"):
         load_registry(path)
+
+
+def test_a_connection_without_a_supported_mechanism_is_refused_in_one_line() -> None:
+    cfg = KafkaClientConfig.from_connection(
+        {"bootstrap.servers": "h:1", "security.protocol": "SASL_SSL"}, "alice", "pw"
+    )
+    with pytest.raises(ConfigError, match=r"^SASL mechanism 'GSSAPI' is not supported"):
+        cfg.spark_options()
