@@ -25,8 +25,8 @@ format: setup ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-up: setup ## start the embedded Kafka broker (KRaft) and Airflow; create topics
-	@$(RD) up
+up: setup ## start the embedded Kafka broker (KRaft) and Airflow; create topics (KAFKA_SECURITY=sasl_ssl: secured broker)
+	@$(if $(KAFKA_SECURITY),RIVERDELTA_KAFKA_SECURITY=$(KAFKA_SECURITY) )$(RD) up
 
 down: ## stop everything `make up` started (by pid, nothing else)
 	@if [ -x $(RD) ]; then $(RD) down; else echo "down: nothing installed, nothing running"; fi

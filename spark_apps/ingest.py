@@ -38,6 +38,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def kafka_problem() -> str | None:
+    """Bad Kafka settings or a refused connection, as one line; None when Kafka answers.
+
+    Checked before Spark starts: the Kafka source would otherwise retry a refused
+    login or handshake inside the query, with a stack trace per attempt.
+    """
+    from riverdelta import kafka_client
+    from riverdelta.settings import ConfigError
+
+    try:
+        kafka_client.check()
+    except (ConfigError, kafka_client.KafkaClientError) as exc:
+        return str(exc)
+    return None
+
+
+def record_error(stream: str, problem: str) -> None:
+    """The problem becomes the stream's last error in `riverdelta status`."""
+    import time
+
+    from riverdelta.listener import read_record, terminated_record, write_atomic
+    from riverdelta.status import progress_file
+
+    path = progress_file(stream)
+    record = terminated_record(
+        read_record(path), query_id="", run_id="", exception=problem, now=time.time()
+    )
+    write_atomic(path, record)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -72,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"ingest: error: {exc}", file=sys.stderr)
         return 2
+    problem = kafka_problem()
+    if problem:
+        print(f"ingest: error: {problem}", file=sys.stderr)
+        if args.mode == "live":
+            record_error(spec.name, problem)
+        return 2
 
     from riverdelta.spark import get_spark
 
@@ -85,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
 
         # Rates and the last exception for `riverdelta status`; lag itself comes from the checkpoint.
         spark.streams.addListener(make_progress_listener(progress_file(spec.name)))
+        from riverdelta.group_offsets import make_group_committer
+
+        # Processed offsets in a consumer group, for Kafka's own lag tools (reporting only).
+        spark.streams.addListener(make_group_committer(spec.name, f"riverdelta-{spec.name}-live"))
     log = logging.getLogger("riverdelta.ingest")
     for attempt in range(MAX_METRICS_BUG_RESTARTS + 1):
         query = start_query(

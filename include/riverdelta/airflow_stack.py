@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from riverdelta import procs
+from riverdelta import kafka_client, procs
 from riverdelta.settings import PROJECT_ROOT, settings
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -98,9 +98,9 @@ def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-            "AIRFLOW_CONN_KAFKA_DEFAULT": json.dumps(
-                {"conn_type": "generic", "extra": {"bootstrap.servers": s.kafka_bootstrap}}
-            ),
+            # Security (protocol, mechanism, user, CA) in the extra, where the Airflow Kafka
+            # provider reads it; the password stays in the settings' file or variable.
+            "AIRFLOW_CONN_KAFKA_DEFAULT": json.dumps(kafka_client.connection_of_settings(s)),
             "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(
                 {"conn_type": "spark", "host": s.spark_master, "extra": {"deploy-mode": "client"}}
             ),

@@ -392,13 +392,13 @@ def _progress_summary(query: Any) -> dict[str, Any]:
 
 def naive_spark(spark: SparkSession, topic: str, root: Path, expected: int) -> dict[str, Any]:
     """Plain Kafka source -> Delta append of the raw value: Spark with no Riverdelta logic."""
-    from riverdelta import kafka_broker
+    from riverdelta import kafka_broker, kafka_client
 
     table = str(root / "naive" / "raw")
     t = _now()
     query = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", kafka_broker.bootstrap())
+        .options(**kafka_client.client_config(bootstrap=kafka_broker.bootstrap()).spark_options())
         .option("subscribe", topic)
         .option("startingOffsets", "earliest")
         .load()

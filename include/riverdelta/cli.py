@@ -26,14 +26,16 @@ def _cmd_jars(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     import time
 
-    from riverdelta import airflow_stack, kafka_broker
+    from riverdelta import airflow_stack, kafka_broker, kafka_client
     from riverdelta.registry import load_registry
 
     registry = load_registry()  # a contract that does not parse fails before anything starts
     t0 = time.monotonic()
     kafka_broker.start()
+    kafka_client.check()
     print(
-        f"up: Kafka broker answering on {kafka_broker.bootstrap()} ({time.monotonic() - t0:.1f}s)"
+        f"up: Kafka broker answering on {kafka_client.client_config().describe()} "
+        f"({time.monotonic() - t0:.1f}s)"
     )
     created = kafka_broker.create_topics({s.topic: s.partitions for s in registry.streams.values()})
     for topic in created:

@@ -332,11 +332,13 @@ def produce(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Send ``count`` generated events to the stream's topic; raise if any is not delivered."""
-    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka import KafkaException
 
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
+    from riverdelta import kafka_client
+
+    producer = kafka_client.producer(
+        bootstrap,
+        **{
             # The Java client's partitioner: the same key lands where Spark/Java producers put it.
             "partitioner": "murmur2_random",
             # Broker-side dedup of retries: the reconciliation counts every record exactly once.
@@ -345,7 +347,7 @@ def produce(
             "linger.ms": 20,
             "queue.buffering.max.messages": 1_000_000,
             "queue.buffering.max.kbytes": 1_048_576,
-        }
+        },
     )
     errors: list[str] = []
 

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,20 +155,17 @@ DEFAULT_TIMEOUT = 10.0
 
 
 def _consumer(bootstrap: str, **conf: Any):
-    from confluent_kafka import Consumer
+    """A look-up consumer built by kafka_client with the environment's security."""
+    from riverdelta import kafka_client
 
-    return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            # A throwaway group that never commits: looking must not move anyone's offsets.
-            "group.id": f"riverdelta-health-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            # librdkafka would log every refused connection to stderr.
-            "log_level": 0,
-            **conf,
-        }
-    )
+    return kafka_client.consumer(bootstrap, **conf)
+
+
+def _explain_refusal(bootstrap: str) -> None:
+    """Raise the one-line reason when Kafka refuses this client's setup (password, TLS, ...)."""
+    from riverdelta import kafka_client
+
+    kafka_client.check(kafka_client.config_for(bootstrap), timeout=3.0)
 
 
 def watermarks(
@@ -180,7 +176,11 @@ def watermarks(
 
     consumer = _consumer(bootstrap)
     try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        except Exception:
+            _explain_refusal(bootstrap)
+            raise
         if meta is None or meta.error is not None:
             raise RuntimeError(f"topic {topic} not found on {bootstrap}: {meta and meta.error}")
         return {

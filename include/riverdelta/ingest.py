@@ -832,10 +832,12 @@ def start_query(
     max_offsets_per_trigger: int | None = None,
     trigger: str | None = None,
 ) -> StreamingQuery:
+    from riverdelta import kafka_client
+
     start = _initial_offsets(spark, job, starting)
     reader = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", settings().kafka_bootstrap)
+        .options(**kafka_client.client_config().spark_options())
         .option("subscribe", job.spec.topic)
         .options(**start)
     )

@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from riverdelta import jars, procs
+from riverdelta import jars, kafka_certs, kafka_client, procs
+from riverdelta.kafka_certs import BrokerTls
 from riverdelta.settings import settings
 
 NAME = "kafka"
@@ -132,15 +133,77 @@ def server_properties(node: Node, nodes: Sequence[Node]) -> dict[str, str]:
     }
 
 
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def secured_properties(
+    node: Node, protocol: str, internal_port: int, tls_port: int, tls: BrokerTls
+) -> dict[str, str]:
+    """What a secured embedded broker adds to ``server_properties`` (pure).
+
+    The client listener speaks ``protocol`` on the node's port; an SSL listener that
+    requires a client certificate (mTLS) runs on ``tls_port`` beside a SASL one;
+    brokers talk to each other on a PLAINTEXT listener bound to loopback, which is
+    also where the SCRAM users are created (so their passwords never pass argv).
+    PLAIN is not enabled on the broker: its users would sit in a file in clear.
+    """
+    listeners = {protocol: node.port, "INTERNAL": internal_port}
+    if protocol != "SSL":
+        listeners["SSL"] = tls_port
+    protocols = {"CONTROLLER": "PLAINTEXT", "INTERNAL": "PLAINTEXT"}
+    protocols.update({name: name for name in listeners if name != "INTERNAL"})
+    props = {
+        "listeners": ",".join(
+            [f"{n}://127.0.0.1:{p}" for n, p in listeners.items()]
+            + [f"CONTROLLER://127.0.0.1:{node.controller_port}"]
+        ),
+        "advertised.listeners": ",".join(f"{n}://127.0.0.1:{p}" for n, p in listeners.items()),
+        "inter.broker.listener.name": "INTERNAL",
+        "listener.security.protocol.map": ",".join(f"{k}:{v}" for k, v in protocols.items()),
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": str(tls.broker_keystore),
+        "ssl.keystore.password": tls.storepass(),
+        "ssl.key.password": tls.storepass(),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(tls.ca_pem),
+        "listener.name.ssl.ssl.client.auth": "required",
+    }
+    if protocol.startswith("SASL_"):
+        name = protocol.lower()
+        props["sasl.enabled.mechanisms"] = ",".join(SCRAM_MECHANISMS)
+        for mech in SCRAM_MECHANISMS:
+            props[f"listener.name.{name}.{mech.lower()}.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
+    return props
+
+
+def _embedded_properties(node: Node) -> dict[str, str]:
+    props = server_properties(node, [node])
+    s = settings()
+    if s.kafka_security_protocol == "PLAINTEXT":
+        return props
+    tls = kafka_certs.ensure(kafka_client.tls_dir(s), _java())
+    return {
+        **props,
+        **secured_properties(
+            node, s.kafka_security_protocol, s.kafka_internal_port, s.kafka_tls_port, tls
+        ),
+    }
+
+
 def _write_config(node: Node | None = None, nodes: Sequence[Node] | None = None) -> Path:
     """Write the node's config (default: the embedded broker, a cluster of one)."""
+    embedded = node is None
     node = node or _embedded_node()
     nodes = nodes or [node]
     (node.home / "config").mkdir(parents=True, exist_ok=True)
     props = node.home / "config" / "server.properties"
-    props.write_text(
-        "\n".join(f"{k}={v}" for k, v in server_properties(node, nodes).items()) + "\n"
-    )
+    values = _embedded_properties(node) if embedded else server_properties(node, nodes)
+    # The keystore password is in it: only the broker's user may read it.
+    props.touch(mode=0o600)
+    os.chmod(props, 0o600)
+    props.write_text("\n".join(f"{k}={v}" for k, v in values.items()) + "\n")
     log4j = node.home / "config" / "log4j2.properties"
     log4j.write_text(
         "\n".join(
@@ -222,20 +285,23 @@ def bootstrap() -> str:
     return settings().kafka_bootstrap
 
 
-def admin_client(**conf: object):
-    from confluent_kafka.admin import AdminClient
-
-    # librdkafka logs every refused connection to stderr; start-up polling makes many.
-    return AdminClient({"bootstrap.servers": bootstrap(), "log_level": 0, **conf})
+def admin_client(servers: str | None = None, **conf: object):
+    """An admin client with the environment's security (kafka_client builds it)."""
+    return kafka_client.admin(servers or bootstrap(), **conf)
 
 
-def _brokers(servers: str | None, timeout: float) -> set[int] | None:
+def _internal_admin(**conf: object):
+    """The secured embedded broker's loopback PLAINTEXT listener, for its own set-up."""
+    cfg = kafka_client.KafkaClientConfig(f"127.0.0.1:{settings().kafka_internal_port}")
+    return kafka_client.admin(cfg=cfg, **conf)
+
+
+def _brokers(servers: str | None, timeout: float, internal: bool = False) -> set[int] | None:
     """Ids of the brokers registered in the metadata, None when nobody answers."""
     conf: dict[str, object] = {"socket.timeout.ms": int(timeout * 1000)}
-    if servers:
-        conf["bootstrap.servers"] = servers
     try:
-        return set(admin_client(**conf).list_topics(timeout=timeout).brokers)
+        client = _internal_admin(**conf) if internal else admin_client(servers, **conf)
+        return set(client.list_topics(timeout=timeout).brokers)
     except Exception:
         return None
 
@@ -245,14 +311,56 @@ def answers(timeout: float = 2.0, servers: str | None = None) -> bool:
     return _brokers(servers, timeout) is not None
 
 
+def _secured() -> bool:
+    return settings().kafka_security_protocol != "PLAINTEXT"
+
+
+def create_scram_user(username: str, password: str) -> None:
+    """Create or update ``username`` for every SCRAM mechanism, through the Admin API.
+
+    ``kafka-storage format --add-scram`` would put the password on a command line.
+    """
+    from confluent_kafka.admin import (
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    # Hold the client until the futures resolve: a collected client cancels them.
+    client = _internal_admin()
+    for mech in SCRAM_MECHANISMS:
+        # One request per mechanism: a request may alter a user only once.
+        info = ScramCredentialInfo(getattr(ScramMechanism, mech.replace("-", "_")), 8192)
+        upsert = UserScramCredentialUpsertion(username, info, password.encode())
+        for fut in client.alter_user_scram_credentials([upsert], request_timeout=30).values():
+            try:
+                fut.result()
+            except Exception as exc:
+                raise BrokerError(f"creating the SCRAM user {username} failed: {exc}") from exc
+
+
+def _provision_users() -> None:
+    """The configured SASL user exists on the embedded broker with the configured password."""
+    s = settings()
+    if not s.kafka_security_protocol.startswith("SASL_"):
+        return
+    cfg = kafka_client.client_config(s)
+    create_scram_user(cfg.username or kafka_client.EMBEDDED_USER, cfg.password or "")
+
+
 def start(*, wait_seconds: float = 90.0) -> procs.ProcInfo:
     s = settings()
     info = procs.running(NAME)
     if info is not None:
+        if _secured() and _brokers(None, 2.0, internal=True) is not None:
+            _provision_users()
         if answers():
             return info
         procs.stop(NAME)
-    for port in (s.kafka_port, s.kafka_controller_port):
+    ports = [s.kafka_port, s.kafka_controller_port]
+    if _secured():
+        ports += [s.kafka_internal_port, s.kafka_tls_port]
+    for port in ports:
         if procs.port_in_use(port):
             raise BrokerError(
                 f"port {port} on 127.0.0.1 is already taken by another process, so the embedded "
@@ -265,13 +373,17 @@ def start(*, wait_seconds: float = 90.0) -> procs.ProcInfo:
     log = s.log_dir / "kafka.log"
     t0 = time.monotonic()
     info = _launch(_embedded_node(), props, "-Xms256m -Xmx768m")
+    provisioned = not _secured()
     while time.monotonic() - t0 < wait_seconds:
         if not procs.alive(info):
             procs.pid_file(NAME).unlink(missing_ok=True)
             raise BrokerError(
                 f"the Kafka broker exited during start-up. Tail of {log}:\n{procs.tail(log)}"
             )
-        if answers(timeout=1.0):
+        if not provisioned and _brokers(None, 1.0, internal=True) is not None:
+            _provision_users()
+            provisioned = True
+        if provisioned and answers(timeout=1.0):
             return info
         time.sleep(0.5)
     procs.stop(NAME)

@@ -114,7 +114,7 @@ def assert_no_secret_in_argv(cmd: Sequence[str], secrets: Sequence[str]) -> None
 
 def _env_secrets(env: dict[str, str]) -> list[str]:
     """Values of secret-looking variables; *_FILE/*_PATH/*_DIR name where a secret is, not it."""
-    return [
+    found = [
         v
         for k, v in env.items()
         if _SECRET_NAME.search(k.upper())
@@ -122,6 +122,17 @@ def _env_secrets(env: dict[str, str]) -> list[str]:
         # Short values ("1", "true") would match everywhere and protect nothing.
         and len(v) >= 6
     ]
+    return found + _kafka_password_from_file(env)
+
+
+def _kafka_password_from_file(env: dict[str, str]) -> list[str]:
+    """The Kafka password kept in a file is a secret too: it must not reach argv either."""
+    path = env.get("RIVERDELTA_KAFKA_SASL_PASSWORD_FILE")
+    try:
+        value = Path(path).read_text().strip() if path else ""
+    except OSError:
+        return []
+    return [value] if len(value) >= 6 else []
 
 
 # --------------------------------------------------------------------------- spark-submit argv

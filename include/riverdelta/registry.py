@@ -318,10 +318,26 @@ class _Ctx:
         return ContractError(f"{self.where}: {at}: {problem}")
 
 
+def _refuse_several_topics(ctx: _Ctx, raw: dict) -> None:
+    """``topics`` / ``topic_pattern`` are recognised to be refused clearly, not as unknown keys.
+
+    Offsets, lag, backfills and the checkpoint marker are still keyed by partition
+    of one topic: a stream over several topics would mix their partitions.
+    """
+    named = [k for k in ("topic", "topics", "topic_pattern") if k in raw]
+    if len(named) > 1:
+        raise ctx.error(f"name one of 'topic', 'topics' or 'topic_pattern', not {named}")
+    if named and named[0] != "topic":
+        raise ctx.error(
+            f"{named[0]!r}: several topics per stream are not supported yet; name one 'topic'"
+        )
+
+
 def _parse_stream(name: str, raw: dict, where: str) -> StreamSpec:
     ctx = _Ctx(where, name)
     if not _STREAM_NAME.match(name):
         raise ctx.error("stream names are lower-case identifiers ([a-z][a-z0-9_]*)")
+    _refuse_several_topics(ctx, raw)
     unknown = set(raw) - _STREAM_KEYS
     if unknown:
         raise ctx.error(f"unknown keys {sorted(unknown)}; expected some of {sorted(_STREAM_KEYS)}")

@@ -47,6 +47,17 @@ class Settings:
     # The quality gate's engine: auto = pandas up to the row bound, Spark above it.
     validation_engine: str = "auto"
     validation_pandas_max_rows: int = 250_000
+    # How every Kafka client connects (see kafka_client.py). The password itself is
+    # never held here: it is read from RIVERDELTA_KAFKA_SASL_PASSWORD or the 0600 file
+    # when a client is built, so printing settings cannot leak it.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password_file: Path | None = None
+    kafka_ssl_ca: Path | None = None  # PEM CA bundle: both Java and librdkafka read it
+    kafka_ssl_keystore: Path | None = None  # PEM: client key + certificate chain (mTLS)
+    kafka_internal_port: int = 0  # embedded secured broker: inter-broker loopback listener
+    kafka_tls_port: int = 0  # embedded secured broker: the extra mTLS listener
 
     @property
     def run_dir(self) -> Path:
@@ -141,6 +152,7 @@ def load_settings() -> Settings:
             f"RIVERDELTA_VALIDATION_ENGINE={engine!r}: expected one of "
             f"{', '.join(VALIDATION_ENGINES)} (auto chooses by size)"
         )
+    security = _kafka_security()
     lake = value("lake")
     control = os.environ.get("RIVERDELTA_CONTROL") or _default_control(lake, home)
     return Settings(
@@ -161,7 +173,47 @@ def load_settings() -> Settings:
         airflow_url=value("airflow_url"),
         validation_engine=engine,
         validation_pandas_max_rows=_int("RIVERDELTA_VALIDATION_PANDAS_MAX_ROWS", 250_000),
+        kafka_internal_port=_int("RIVERDELTA_KAFKA_INTERNAL_PORT", kafka_port + 2),
+        kafka_tls_port=_int("RIVERDELTA_KAFKA_TLS_PORT", kafka_port + 3),
+        **security,
     )
+
+
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+
+
+def _path(name: str) -> Path | None:
+    raw = os.environ.get(name)
+    return Path(raw).expanduser().resolve() if raw else None
+
+
+def _kafka_security() -> dict[str, object]:
+    """The Kafka security settings, checked for shape; files are checked by kafka_client."""
+    protocol = (os.environ.get("RIVERDELTA_KAFKA_SECURITY") or "PLAINTEXT").upper()
+    if protocol not in KAFKA_PROTOCOLS:
+        raise ConfigError(
+            f"RIVERDELTA_KAFKA_SECURITY={protocol.lower()!r}: expected one of "
+            f"{', '.join(p.lower() for p in KAFKA_PROTOCOLS)}"
+        )
+    mechanism = (os.environ.get("RIVERDELTA_KAFKA_SASL_MECHANISM") or "").upper() or None
+    if protocol.startswith("SASL_"):
+        mechanism = mechanism or "SCRAM-SHA-512"
+        if mechanism not in KAFKA_SASL_MECHANISMS:
+            raise ConfigError(
+                f"RIVERDELTA_KAFKA_SASL_MECHANISM={mechanism!r} is not supported: expected one "
+                f"of {', '.join(KAFKA_SASL_MECHANISMS)}"
+            )
+    else:
+        mechanism = None
+    return {
+        "kafka_security_protocol": protocol,
+        "kafka_sasl_mechanism": mechanism,
+        "kafka_sasl_username": os.environ.get("RIVERDELTA_KAFKA_SASL_USERNAME") or None,
+        "kafka_sasl_password_file": _path("RIVERDELTA_KAFKA_SASL_PASSWORD_FILE"),
+        "kafka_ssl_ca": _path("RIVERDELTA_KAFKA_SSL_CA"),
+        "kafka_ssl_keystore": _path("RIVERDELTA_KAFKA_SSL_KEYSTORE"),
+    }
 
 
 @functools.cache

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from riverdelta import jars, storage
+from riverdelta import jars, kafka_client, storage
 from riverdelta.settings import settings
 
 if TYPE_CHECKING:
@@ -55,6 +55,10 @@ def spark_conf(
         ),
         # Cached jars only: never let a stray --packages reach for the network.
         "spark.jars.ivy": str(s.cache / "ivy"),
+        # The Kafka source's options carry the SASL login (kafka.sasl.jaas.config): keep it
+        # out of the UI, the event log and every logged plan.
+        "spark.redaction.regex": kafka_client.SPARK_REDACTION_REGEX,
+        "spark.sql.redaction.options.regex": kafka_client.SPARK_OPTIONS_REDACTION_REGEX,
     }
     if conf["spark.master"].startswith("spark://"):
         # Standalone gives an app every free core by default: the first stream would

@@ -138,4 +138,22 @@ def submit_env(base: dict[str, str] | None = None) -> dict[str, str]:
     )
     if s.s3_endpoint:
         env["RIVERDELTA_S3_ENDPOINT"] = s.s3_endpoint
+    env.update(kafka_security_env(s))
     return env
+
+
+def kafka_security_env(s) -> dict[str, str]:
+    """The Kafka security settings for a driver: names and paths, never the password.
+
+    The password reaches the driver as the file's path, or as
+    RIVERDELTA_KAFKA_SASL_PASSWORD already in the environment; never on argv.
+    """
+    values = {
+        "RIVERDELTA_KAFKA_SECURITY": s.kafka_security_protocol.lower(),
+        "RIVERDELTA_KAFKA_SASL_MECHANISM": s.kafka_sasl_mechanism,
+        "RIVERDELTA_KAFKA_SASL_USERNAME": s.kafka_sasl_username,
+        "RIVERDELTA_KAFKA_SASL_PASSWORD_FILE": s.kafka_sasl_password_file,
+        "RIVERDELTA_KAFKA_SSL_CA": s.kafka_ssl_ca,
+        "RIVERDELTA_KAFKA_SSL_KEYSTORE": s.kafka_ssl_keystore,
+    }
+    return {k: str(v) for k, v in values.items() if v is not None}
