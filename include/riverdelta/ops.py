@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -126,8 +127,18 @@ def history_path() -> str:
 _HISTORY_COLUMNS = ("at", "stream", "event", "outcome", "actor", "detail")
 
 
+# scheme://user:password@host -> scheme://user:***@host (a storage root, a database URL
+# in an error message): the history is read by analysts, like any table.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^/\s:@]*:)[^/\s@]+@")
+
+
+def mask_urls(text: str) -> str:
+    """Every URL's embedded password replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\g<head>***@", text)
+
+
 def record(stream: str, event: str, *, outcome: str = "ok", actor: str = "", **detail: Any) -> None:
-    """Append one event to the ops history."""
+    """Append one event to the ops history (URLs' embedded passwords masked)."""
     import pyarrow as pa
 
     table = pa.table(
@@ -141,7 +152,7 @@ def record(stream: str, event: str, *, outcome: str = "ok", actor: str = "", **d
                 or os.environ.get("AIRFLOW_CTX_DAG_RUN_ID", "")
                 or f"cli:{os.getenv('USER', '')}"
             ],
-            "detail": [json.dumps(detail, default=str, sort_keys=True)],
+            "detail": [mask_urls(json.dumps(detail, default=str, sort_keys=True))],
         }
     )
     # Blind appends never conflict in Delta, so concurrent writers need no lock.

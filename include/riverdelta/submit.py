@@ -9,6 +9,7 @@ Airflow Spark connection (``AIRFLOW_CONN_SPARK_DEFAULT``).
 from __future__ import annotations
 
 import os
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -115,9 +116,26 @@ def build_command(
     return hook._build_spark_submit_command(str(application))
 
 
+# What a driver may inherit from the process that starts it (an Airflow task, the CLI):
+# the system, Java/Spark/Hadoop, cloud credentials the storage root needs, and
+# Riverdelta's own settings. Not Airflow's environment: its JWT secret, database URL
+# and Fernet key have no business in a Spark driver (nor in its event log or UI).
+_DRIVER_ENV = re.compile(
+    r"^(PATH|HOME|USER|LOGNAME|SHELL|LANG|LANGUAGE|TZ|TMPDIR|TERM|LC_\w+|"
+    r"JAVA_HOME|JAVA_TOOL_OPTIONS|SPARK_\w+|PYSPARK_\w+|HADOOP_\w+|YARN_CONF_DIR|"
+    r"KUBECONFIG|CLASSPATH|LD_LIBRARY_PATH|PYTHONPATH|PYTHONHASHSEED|VIRTUAL_ENV|AWS_\w+|"
+    r"RIVERDELTA_\w+|GX_\w+)$"
+)
+
+
+def driver_env(base: dict[str, str]) -> dict[str, str]:
+    """``base`` without what a driver must not see (everything not on the allow-list)."""
+    return {k: v for k, v in base.items() if _DRIVER_ENV.match(k)}
+
+
 def submit_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for a driver: this interpreter for Python, settings passed through."""
-    env = dict(os.environ if base is None else base)
+    env = driver_env(dict(os.environ if base is None else base))
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("PYSPARK_PYTHON", sys.executable)

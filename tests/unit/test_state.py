@@ -59,3 +59,14 @@ def test_concurrent_writers_in_many_processes_lose_nothing(lake):
     assert sorted(state.restarts) == expected
     assert state.desired == ops.STOPPED and state.announced_versions == {"silver": 7}
     assert state.revision == workers * each + 2
+
+
+def test_urls_with_passwords_are_masked_in_the_ops_history(lake):
+    from riverdelta import ops
+
+    assert ops.mask_urls("s3a://AKIA:s3cr3t@bucket/lake and https://host/x") == (
+        "s3a://AKIA:***@bucket/lake and https://host/x"
+    )
+    ops.record("s", "deploy", error="could not reach postgresql://airflow:hunter22@db:5432/airflow")
+    [event] = ops.history("s", "deploy")
+    assert event["detail"]["error"] == "could not reach postgresql://airflow:***@db:5432/airflow"
