@@ -18,7 +18,6 @@ The producer runs at ``LIVE_LOAD`` of what the live query sustained on a backlog
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -42,19 +41,18 @@ def _registry_with_bench_stream(base: str, out: Path) -> Path:
 
 
 def version_commits(table: str) -> dict[int, tuple[float, list[str]]]:
-    """version -> (commit timestamp s, files it added), read from the Delta log."""
+    """version -> (commit timestamp s, files it added with data), read from the Delta log."""
+    from riverdelta import storage
+
     out: dict[int, tuple[float, list[str]]] = {}
-    for entry in sorted((Path(table) / "_delta_log").glob("*.json")):
-        stamp, added = None, []
-        for line in entry.read_text().splitlines():
-            action = json.loads(line)
-            if "add" in action and action["add"].get("dataChange", True):
-                added.append(action["add"]["path"])
-            if "commitInfo" in action:
-                info = action["commitInfo"]
-                stamp = info.get("inCommitTimestamp") or info.get("timestamp")
-        if stamp is not None:
-            out[int(entry.stem)] = (stamp / 1000.0, added)
+    for version in range(storage.delta_table(table).version() + 1):
+        try:
+            actions = storage.commit_actions(table, version)
+        except FileNotFoundError:  # cleaned up after a checkpoint
+            continue
+        made = storage.commit_seconds(actions)
+        if made is not None:
+            out[version] = (made, storage.data_files_added(actions))
     return out
 
 

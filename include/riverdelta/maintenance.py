@@ -62,9 +62,8 @@ def _commit_seconds_ago(path: str, version: int) -> float | None:
         actions = storage.commit_actions(path, version)
     except FileNotFoundError:
         return None
-    info = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
-    stamp = info.get("inCommitTimestamp") or info.get("timestamp")
-    return time.time() - stamp / 1000.0 if stamp else None
+    made = storage.commit_seconds(actions)
+    return time.time() - made if made is not None else None
 
 
 def vacuum_retention_hours(

@@ -491,7 +491,7 @@ def latest_version(path: str, spark: SparkSession | None = None) -> int | None:
 
 
 def _commit_info(actions: list[dict[str, Any]]) -> tuple[str, str, str]:
-    info = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+    info = storage.commit_info(actions)
     params = info.get("operationParameters") or {}
     mode = str(params.get("mode", "Append")).strip('"')
     return info.get("operation", ""), mode, str(params.get("outputMode", "Append"))
@@ -523,9 +523,7 @@ def increment_files(path: str, from_version: int, to_version: int) -> tuple[list
         except FileNotFoundError:
             return None, f"commit {version} is no longer in the log"
         op, mode, output = _commit_info(actions)
-        adds = [
-            a["add"]["path"] for a in actions if "add" in a and a["add"].get("dataChange", True)
-        ]
+        adds = storage.data_files_added(actions)
         if any("remove" in a and a["remove"].get("dataChange", True) for a in actions):
             return None, f"version {version} is {op} ({mode}): it removes rows"
         if not adds or op in _METADATA_OPERATIONS:
@@ -1304,14 +1302,18 @@ def validate_table(
         "to_version": to_version,
         "validated_version": pub["validated_version"] if pub and pub["path"] == ref.path else None,
     }
-    if not is_full and from_version == to_version:
-        # Nothing committed since the last validation: nothing to check or publish.
+
+    def nothing_checked(reason: str, **extra: Any) -> dict[str, Any]:
         result.update(
             from_version=from_version, rows_checked=0, success=True, failed=[], full=False,
-            full_reason="up to date", duration_seconds=round(time.monotonic() - started, 3),
-            data_docs=str(data_docs_index()), timings={},
+            full_reason=reason, duration_seconds=round(time.monotonic() - started, 3),
+            data_docs=str(data_docs_index()), timings={}, **extra,
         )  # fmt: skip
         return result
+
+    if not is_full and from_version == to_version:
+        # Nothing committed since the last validation: nothing to check or publish.
+        return nothing_checked("up to date")
 
     files: list[str] | None = None
     if not is_full:
@@ -1325,12 +1327,7 @@ def validate_table(
             if publish_on_pass:
                 publish(table_name, to_version, path=ref.path, by=run_id)
                 result["validated_version"] = to_version
-            result.update(
-                from_version=from_version, rows_checked=0, success=True, failed=[], full=False,
-                full_reason="no new rows", duration_seconds=round(time.monotonic() - started, 3),
-                data_docs=str(data_docs_index()), timings={}, engine=None,
-            )  # fmt: skip
-            return result
+            return nothing_checked("no new rows", engine=None)
     engine, engine_why = _choose_engine(ref, to_version, files, suite_doc)
     if engine == "spark" and not spark_allowed:
         raise NeedsSparkError(f"{table_name}: {engine_why}")
@@ -1461,8 +1458,9 @@ def validate_stream(
         raise KeyError(
             f"{', '.join(unknown)}: not tables of stream {stream!r} ({', '.join(names)})"
         )
-    out: dict[str, Any] = {"stream": stream, "results": {}, "failed": {}, "needs_spark": []}
-    out["missing"] = []
+    out: dict[str, Any] = {
+        "stream": stream, "results": {}, "failed": {}, "needs_spark": [], "missing": []
+    }  # fmt: skip
     for table in [n for n in names if not tables or n in tables]:
         try:
             out["results"][table] = validate_table(table, full=full, spark_allowed=spark_allowed)

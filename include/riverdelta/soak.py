@@ -45,20 +45,15 @@ def _registry(out: Path, maintain_every: int) -> Path:
 
 
 def table_files(path: str) -> dict[str, int] | None:
-    """Files in the current snapshot, files ever added with data, and commits."""
+    """The version, files in the current snapshot, and files ever added with data."""
     from riverdelta import storage
 
     if not storage.is_delta_table(path):
         return None
+    from riverdelta.bench_freshness import version_commits
+
     dt = storage.delta_table(path)
-    added = 0
-    fs, root = storage.filesystem(path)
-    for entry in fs.glob(f"{root}/_delta_log/*.json"):
-        with fs.open(entry, "rb") as fh:
-            for line in fh.read().decode().splitlines():
-                action = json.loads(line) if line.strip() else {}
-                if "add" in action and action["add"].get("dataChange", True):
-                    added += 1
+    added = sum(len(files) for _, files in version_commits(path).values())
     return {
         "version": dt.version(),
         "files_now": len(dt.get_add_actions(flatten=True)),

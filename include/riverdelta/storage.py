@@ -171,6 +171,23 @@ def commit_actions(uri: str, version: int) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh.read().decode().splitlines() if line.strip()]
 
 
+def commit_info(actions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The commitInfo action of a commit's actions (``{}`` if the writer left none)."""
+    return next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+
+
+def commit_seconds(actions: list[dict[str, Any]]) -> float | None:
+    """When the commit was made (epoch seconds), from its commitInfo."""
+    info = commit_info(actions)
+    stamp = info.get("inCommitTimestamp") or info.get("timestamp")
+    return stamp / 1000.0 if stamp else None
+
+
+def data_files_added(actions: list[dict[str, Any]]) -> list[str]:
+    """Paths the commit added with ``dataChange=true`` (new rows, not a compaction's rewrite)."""
+    return [a["add"]["path"] for a in actions if "add" in a and a["add"].get("dataChange", True)]
+
+
 def write_delta(uri: str, data, mode: str = "append") -> None:
     from deltalake import write_deltalake
 
