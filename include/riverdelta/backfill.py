@@ -605,9 +605,7 @@ def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0
     state = ops.update_state(stream, pause)
     paused_at = time.time()
     try:
-        old = state.deployment
-        was_running = control._stop_deployment(state)
-        ops.update_state(stream, control._set_deployment(old, None))
+        was_running = control.stop_deployment(stream, state.deployment)
         # Stop position of the old driver: the new one must get at least this far.
         target = {p_: hi for p_, (_, hi) in watermarks(_bootstrap(), spec.topic).items()}
         set_stream_location(stream, p["tables_root"], p["checkpoint"], by=p["run_id"])
@@ -620,7 +618,7 @@ def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0
         resumed_at = None
         if should_run:
             state.deployment = control.launch(stream)
-            ops.update_state(stream, control._set_deployment(None, state.deployment))
+            ops.update_state(stream, control.deployment_change(None, state.deployment))
 
             def caught_up():
                 cp = read_checkpoint(p["checkpoint"], spec.topic)

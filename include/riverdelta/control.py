@@ -104,7 +104,7 @@ def _stop_deployment(state: ops.StreamState) -> bool:
     return was_running
 
 
-def _set_deployment(expected: dict[str, Any] | None, new: dict[str, Any] | None):
+def deployment_change(expected: dict[str, Any] | None, new: dict[str, Any] | None):
     """A state change: ``new`` replaces the deployment if it is still ``expected``.
 
     A writer that stopped or started a driver records it only over the deployment it
@@ -118,6 +118,13 @@ def _set_deployment(expected: dict[str, Any] | None, new: dict[str, Any] | None)
         return True
 
     return change
+
+
+def stop_deployment(stream: str, deployment: dict[str, Any] | None) -> bool:
+    """Stop ``deployment`` and forget it in the state, unless another was recorded since."""
+    stopped = _stop_deployment(ops.StreamState(stream, deployment=deployment))
+    ops.update_state(stream, deployment_change(deployment, None))
+    return stopped
 
 
 def deploy(stream: str, actor: str = "") -> dict[str, Any]:
@@ -149,9 +156,7 @@ def stop(stream: str, actor: str = "") -> dict[str, Any]:
         return s.deployment
 
     # The wish first: a reconcile that reads the state from now on leaves the stream down.
-    deployment = ops.update_state(name, desire_stopped)
-    stopped = _stop_deployment(ops.StreamState(name, deployment=deployment))
-    ops.update_state(name, _set_deployment(deployment, None))
+    stopped = stop_deployment(name, ops.update_state(name, desire_stopped))
     ops.record(stream, "stop", actor=actor, stopped=stopped)
     return {"stream": stream, "action": "stop", "stopped": stopped}
 
@@ -187,7 +192,7 @@ def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[st
         }
     filled = refreshed_deployment(state)
     if filled != state.deployment:
-        ops.update_state(spec.name, _set_deployment(state.deployment, filled))
+        ops.update_state(spec.name, deployment_change(state.deployment, filled))
         state.deployment = filled
     actual = actual_state(state)
     result: dict[str, Any] = {
@@ -199,9 +204,7 @@ def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[st
 
     if state.desired == ops.STOPPED:
         if actual == "RUNNING":
-            running = state.deployment
-            _stop_deployment(state)
-            ops.update_state(spec.name, _set_deployment(running, None))
+            stop_deployment(spec.name, state.deployment)
             ops.record(stream, "stop", actor=actor, reason="desired state is STOPPED")
             result["action"] = "stopped"
         return result
