@@ -227,7 +227,13 @@ def _write_config(node: Node | None = None, nodes: Sequence[Node] | None = None)
 
 
 def _new_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # An id starting with "-" is read by kafka-storage's argument parser as an
+    # option, leaving --cluster-id empty (1 start in 64 failed so); Kafka's own
+    # Uuid.randomUuid() draws again for the same reason.
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _cluster_id_of(node: Node) -> str | None:

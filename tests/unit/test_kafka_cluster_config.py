@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,12 @@ def test_cluster_id_is_read_back_from_meta_properties(tmp_path):
         "#\nnode.id=1\nversion=1\ncluster.id=AbCdEf123\ndirectory.id=x\n"
     )
     assert kb._cluster_id_of(node) == "AbCdEf123"
+
+
+def test_new_cluster_id_never_starts_with_a_dash(monkeypatch):
+    # uuid bytes whose base64 starts with "-" (0xf8...), then ordinary ones.
+    draws = iter([uuid.UUID(bytes=b"\xf8" + b"\x00" * 15), uuid.UUID(int=1)])
+    monkeypatch.setattr(kb.uuid, "uuid4", lambda: next(draws))
+    cluster_id = kb._new_cluster_id()
+    assert not cluster_id.startswith("-")
+    assert len(cluster_id) == 22
