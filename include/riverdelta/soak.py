@@ -83,12 +83,20 @@ def _last_progress(stream: str) -> dict[str, Any]:
 
 
 def sample(streams: list[str], since: datetime) -> dict[str, Any]:
+    import os
+
     from riverdelta.lake import TableSet
     from riverdelta.quality import validation_history
     from riverdelta.registry import load_registry
     from riverdelta.status import stream_status
 
-    out: dict[str, Any] = {"at": time.time(), "streams": {}, "tables": {}}
+    # The machine is shared: every sample carries the load it was taken under.
+    out: dict[str, Any] = {
+        "at": time.time(),
+        "load_1m": round(os.getloadavg()[0], 2),
+        "streams": {},
+        "tables": {},
+    }
     for name in streams:
         spec = load_registry().get(name)
         report = stream_status(name)
@@ -213,7 +221,7 @@ def _line(s: dict[str, Any]) -> str:
         for t, v in s["tables"].items()
         if v
     )
-    return f"{streams}; files now/without maintenance {files}"
+    return f"load {s.get('load_1m')}; {streams}; files now/without maintenance {files}"
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -227,7 +235,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         return
     t0 = samples[0]["at"]
     minutes = [(s["at"] - t0) / 60 + 1 for s in samples]
-    fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(9, 12), sharex=True)
     for table in samples[-1]["tables"]:
         if table.endswith(("_silver", "_bronze")):
             now = [(s["tables"].get(table) or {}).get("files_now") for s in samples]
@@ -245,9 +253,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
         axes[2].plot(minutes, [s["streams"][name]["driver_mb"] for s in samples], label=name)
     axes[1].set_ylabel("batch duration (ms)")
     axes[2].set_ylabel("driver RSS (MB)")
-    axes[2].set_xlabel("minutes")
-    for ax in axes[1:]:
+    for ax in axes[1:3]:
         ax.legend(fontsize=7)
+    axes[3].plot(minutes, [s.get("load_1m") for s in samples], color="grey")
+    axes[3].set_ylabel("load average (1 min, 2 cores)")
+    axes[3].set_xlabel("minutes")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
