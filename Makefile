@@ -6,7 +6,7 @@ RD    := $(VENV)/bin/riverdelta
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock lint format up down demo test test-unit test-integration test-e2e test-slow bench clean
+.PHONY: help setup setup-test lock lint format up down demo test test-unit test-integration test-e2e test-slow bench clean
 
 help: ## list every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -14,8 +14,12 @@ help: ## list every target
 setup: ## create .venv from requirements.lock and cache the JVM jars (idempotent, offline once cached)
 	@bash scripts/setup.sh
 
-lock: ## recompile requirements.lock from requirements.in (needs network)
+setup-test: ## setup plus what only the tests need (playwright, Debian docker-compose and chromium)
+	@bash scripts/setup.sh --test
+
+lock: ## recompile requirements.lock and requirements-test.lock (needs network)
 	$(VENV)/bin/uv pip compile -q requirements.in --python-version 3.11 -o requirements.lock
+	$(VENV)/bin/uv pip compile -q requirements-test.in -c requirements.lock --python-version 3.11 -o requirements-test.lock
 
 lint: setup ## ruff lint + format check
 	$(VENV)/bin/ruff check .
@@ -34,16 +38,16 @@ down: ## stop everything `make up` started (by pid, nothing else)
 demo: setup ## the main job on the embedded stack (README's first command)
 	@$(RD) demo
 
-test: setup lint ## lint, unit and integration tests (README's second command; CI runs this)
+test: setup-test lint ## lint, unit and integration tests (README's second command; CI runs this)
 	@bash scripts/run_tests.sh -m "not slow" $(PYTEST_ARGS)
 
-test-unit: setup ## unit tests only
+test-unit: setup-test ## unit tests only
 	@bash scripts/run_tests.sh -m unit $(PYTEST_ARGS)
 
-test-integration: setup ## integration tests only (starts and stops its own broker)
+test-integration: setup-test ## integration tests only (starts and stops its own broker)
 	@bash scripts/run_tests.sh -m integration $(PYTEST_ARGS)
 
-test-slow: setup ## the long crash-recovery tests
+test-slow: setup-test ## the long crash-recovery tests
 	@bash scripts/run_tests.sh -m slow $(PYTEST_ARGS)
 
 bench: setup ## measure Riverdelta vs raw Kafka / naive Spark (1M records, ~25 min); rewrites docs/benchmarks.md

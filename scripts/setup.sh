@@ -2,8 +2,12 @@
 # Idempotent environment set-up: Java check, virtualenv with the locked Python
 # set, then the JVM jars from Maven Central into the project cache.
 # A second run with an unchanged lock and a verified jar cache touches no network.
+# `--test` adds what only the tests need (requirements-test.lock, and the Debian
+# docker-compose and chromium through scripts/test_tools.sh); `make demo` skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TEST_TOOLS=0
+[ "${1:-}" = "--test" ] && TEST_TOOLS=1
 
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
@@ -22,20 +26,6 @@ if [ "${JAVA_VER:-0}" != "17" ]; then
        (Spark 4.1 supports 17/21, Kafka 4.1 broker 17+). Point JAVA_HOME/PATH at a JDK 17."
 fi
 command -v mvn >/dev/null 2>&1 || die "Maven (mvn) not found: it resolves the Kafka, Spark-Kafka and Delta jars from Maven Central. Install it (Debian: apt-get install maven)."
-
-# --- docker-compose ----------------------------------------------------------
-# Only to validate docker-compose.yml (`docker-compose config` needs no engine);
-# tests/unit/test_compose.py fails without it. No recommends: never pull in docker.io.
-if ! command -v docker-compose >/dev/null 2>&1; then
-  echo "setup: installing docker-compose (Debian package) to validate docker-compose.yml"
-  SUDO=""
-  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi
-  APT=($SUDO env DEBIAN_FRONTEND=noninteractive apt-get)
-  { "${APT[@]}" install -y -q --no-install-recommends docker-compose \
-    || { "${APT[@]}" update -q && "${APT[@]}" install -y -q --no-install-recommends docker-compose; }; } >/dev/null \
-    || die "docker-compose is missing and \`apt-get install docker-compose\` failed (needs root or sudo).
-       Install it yourself (Debian: apt-get install --no-install-recommends docker-compose); the compose tests need it."
-fi
 
 # --- Python ------------------------------------------------------------------
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' \
@@ -56,6 +46,16 @@ else
   "$VENV/bin/python" -m pip check --disable-pip-version-check
   rm -f "$VENV"/.riverdelta-lock-*
   touch "$STAMP"
+fi
+
+if [ "$TEST_TOOLS" = 1 ]; then
+  TEST_STAMP="$VENV/.riverdelta-lock-test-$(sha256sum requirements-test.lock | cut -c1-16)"
+  if [ ! -f "$TEST_STAMP" ]; then
+    echo "setup: installing the tests' Python set (requirements-test.lock)"
+    "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" -r requirements-test.lock
+    touch "$TEST_STAMP"
+  fi
+  bash scripts/test_tools.sh
 fi
 
 # --- JVM jars ----------------------------------------------------------------
