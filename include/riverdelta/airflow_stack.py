@@ -82,6 +82,7 @@ def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
             "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', '')}",
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             # Generated stream DAGs must run as soon as they appear; pausing is an operator's choice.
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
@@ -116,6 +117,7 @@ def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
         for key in (
             "AIRFLOW_HOME",
             "AIRFLOW__CORE__DAGS_FOLDER",
+            "AIRFLOW__CORE__PLUGINS_FOLDER",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
             "AIRFLOW__API__BASE_URL",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",

@@ -93,6 +93,78 @@ def terminated_record(
     return record
 
 
+def _offsets(value: Any) -> dict[str, dict[str, int]]:
+    # Spark puts a Kafka source's offsets in the progress JSON as an object, or as a
+    # string holding one; {topic: {partition: offset}}.
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, dict) else {}
+
+
+def lag_at_planning(progress_json: dict[str, Any]) -> int | None:
+    """Records Kafka held beyond this batch when it was planned (``latestOffset - endOffset``)."""
+    total, seen = 0, False
+    for source in progress_json.get("sources") or []:
+        latest, end = _offsets(source.get("latestOffset")), _offsets(source.get("endOffset"))
+        for topic, parts in latest.items():
+            for part, hi in parts.items():
+                done = (end.get(topic) or {}).get(part)
+                if isinstance(hi, int) and isinstance(done, int):
+                    total, seen = total + max(0, hi - done), True
+    return total if seen else None
+
+
+def series_point(progress_json: dict[str, Any], now: float) -> dict[str, Any]:
+    """One point of the stream's recent history, drawn by the Riverdelta page."""
+    return {
+        "t": round(now, 3),
+        "batch_id": progress_json.get("batchId"),
+        "duration_ms": progress_json.get("batchDuration"),
+        "rows": progress_json.get("numInputRows"),
+        "lag_records": lag_at_planning(progress_json),
+    }
+
+
+SERIES_KEEP_SECONDS = 6 * 3600
+SERIES_MAX_POINTS = 5000
+
+
+def series_file(progress: Path) -> Path:
+    return progress.with_name(f"{progress.stem}.series.jsonl")
+
+
+def append_series(path: Path, point: dict[str, Any]) -> None:
+    """Append a point; past twice the bound, keep only the newest hours (so it never grows)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(point) + "\n")
+    if path.stat().st_size > SERIES_MAX_POINTS * 2 * 120:
+        kept = read_series(path, since=point["t"] - SERIES_KEEP_SECONDS)[-SERIES_MAX_POINTS:]
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(json.dumps(p) + "\n" for p in kept))
+        os.replace(tmp, path)
+
+
+def read_series(path: Path, since: float = 0.0) -> list[dict[str, Any]]:
+    """The points after ``since``, oldest first; a torn last line is skipped."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    points = []
+    for line in lines:
+        try:
+            point = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(point, dict) and point.get("t", 0) >= since:
+            points.append(point)
+    return points
+
+
 def write_atomic(path: Path, record: dict[str, Any]) -> None:
     """Readers see the old file or the new one, never a half-written one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,8 +208,10 @@ def make_progress_listener(path: Path) -> Any:
         def onQueryProgress(self, event: Any) -> None:
             # A failing listener must never take the stream down with it.
             try:
+                progress = json.loads(event.progress.json)
                 with self.lock:
-                    self._write(progress_record(json.loads(event.progress.json), self.last))
+                    self._write(progress_record(progress, self.last))
+                    append_series(series_file(self.path), series_point(progress, time.time()))
             except Exception:
                 log.exception("could not write the progress file %s", self.path)
 
