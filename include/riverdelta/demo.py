@@ -150,6 +150,8 @@ def summary(streams: list[str], backfill: dict[str, Any] | None = None) -> str:
         ]
     lines += [
         f"Data Docs: file://{data_docs_index()}",
+        f"Riverdelta page: {airflow_stack.api_url()}/plugin/riverdelta  (streams, tables, "
+        "quarantine and backfills, inside the Airflow UI)",
         f"Airflow UI: {airflow_stack.api_url()}  {airflow_stack.login_line()}",
         "Streams keep running. Status: .venv/bin/riverdelta status   Stop everything: make down",
         "=" * 78,

@@ -71,8 +71,8 @@ def create_app() -> FastAPI:
     async def to_login(request: Request, exc: LoginRequired) -> RedirectResponse:
         from airflow.api_fastapi.app import get_auth_manager
 
-        login = get_auth_manager().get_url_login()
-        return RedirectResponse(f"{login}?next={quote(str(request.url))}", status_code=302)
+        login = get_auth_manager().get_url_login(next_url=str(request.url))
+        return RedirectResponse(login, status_code=302)
 
     @app.get("/icon.svg")
     def icon() -> Response:  # public: the navigation shows it before any page is read
@@ -197,6 +197,10 @@ def _streams_table(streams: list[dict[str, Any]]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _version(v: int | None) -> str:
+    return "-" if v is None else f"v{v}"
+
+
 def _num(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.1f}"
@@ -234,8 +238,8 @@ def _tables_table(tables: list[dict[str, Any]]) -> str:
         rows.append(
             f'<tr data-table="{_e(t["table"])}" data-latest="{_e(t["latest_version"])}" '
             f'data-validated="{_e(t["validated_version"])}" data-rows="{_e(t["rows_latest"])}">'
-            f'<td>{_e(t["table"])}</td><td class="n">v{_e(t["latest_version"])}</td>'
-            f'<td class="n">v{_e(t["validated_version"])}</td>'
+            f'<td>{_e(t["table"])}</td><td class="n">{_version(t["latest_version"])}</td>'
+            f'<td class="n">{_version(t["validated_version"])}</td>'
             f'<td class="n">{_e(t["versions_behind"])}</td>'
             f'<td class="n">{_e(t["rows_latest"])} / {_e(t["rows_validated"])}</td>'
             f"<td>{verdict}</td><td>{docs}</td><td>{failed_link}</td>"

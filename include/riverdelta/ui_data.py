@@ -64,8 +64,8 @@ def batch_history(stream: str, since: float) -> dict[str, Any]:
     after = datetime.fromtimestamp(since, UTC)
     rows = arrow_table(
         path,
-        ["mode", "committed_at", "max_event_time", "quarantine_by_reason"],
         None,
+        ["mode", "committed_at", "max_event_time", "quarantine_by_reason"],
         (pc.field("stream") == stream) & (pc.field("committed_at") >= after),
     ).to_pylist()
     rows.sort(key=lambda r: r["committed_at"])

@@ -1,18 +1,27 @@
 """The demo path, end to end, with the real scheduler: what a newcomer's `make demo` does.
 
-The demo runs as its own process with a runtime home and ports of its own (nothing
-shared with the test session's stack), then this test inspects the end state
-through the CLI and delta-rs, and stops everything the demo started.
+The demo runs once, as its own process with a runtime home and ports of its own
+(nothing shared with the test session's stack). While its streams still run, the
+Riverdelta page is checked from outside (login refused, then a real browser
+against ``riverdelta status`` / ``tables``, a DAG link, a dry-run backfill from the
+trigger form); then the end state is inspected through the CLI and delta-rs, and
+everything the demo started is stopped. The tests run in file order.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,8 +36,24 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture()
-def demo_env(tmp_path):
+@dataclass(frozen=True)
+class Demo:
+    env: dict[str, str]
+    log: str
+
+    @property
+    def url(self) -> str:
+        return f"http://localhost:{self.env['RIVERDELTA_AIRFLOW_PORT']}"
+
+    @property
+    def password(self) -> str:
+        home = Path(self.env["RIVERDELTA_HOME"]) / "airflow"
+        return json.loads((home / "simple_auth_manager_passwords.json").read_text())["admin"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("demo")
     env = {
         k: v
         for k, v in os.environ.items()
@@ -43,7 +68,17 @@ def demo_env(tmp_path):
             "RIVERDELTA_DEMO_EVENTS": str(EVENTS),
         }
     )
-    yield env
+    log = tmp_path / "demo.log"
+    with log.open("w") as fh:
+        rc = subprocess.run(
+            [sys.executable, "-m", "riverdelta.cli", "demo"],
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            timeout=1800,
+        ).returncode
+    text = log.read_text()
+    yield Demo(env, text if rc == 0 else f"demo exited {rc}\n{text}")
     # Stop everything the demo started, even when the test failed half-way.
     subprocess.run([sys.executable, "-m", "riverdelta.cli", "down"], env=env, timeout=300)
 
@@ -60,21 +95,149 @@ def cli(env: dict[str, str], *args: str) -> str:
     return out.stdout
 
 
-def test_demo_end_to_end(demo_env, tmp_path):
+def _ran(demo: Demo) -> None:
+    assert not demo.log.startswith("demo exited"), demo.log[-5000:]
+    assert "Riverdelta demo summary" in demo.log
+    assert f"Riverdelta page: {demo.url}/plugin/riverdelta" in demo.log
+
+
+def _http(demo: Demo, path: str, token: str | None = None, body: Any = None) -> tuple[int, Any]:
+    """Status and decoded body of a request to the demo's API server; no redirects."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    req = urllib.request.Request(
+        demo.url + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.build_opener(NoRedirect).open(req, timeout=60) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw[:1] in (b"{", b"[") else raw.decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Location") or exc.read().decode()[:500]
+
+
+def _token(demo: Demo) -> str:
+    status, body = _http(demo, "/auth/token", body={"username": "admin", "password": demo.password})
+    assert status == 201, body
+    return body["access_token"]
+
+
+def test_riverdelta_page_refuses_anonymous_requests(demo):
+    _ran(demo)
+    for path in ("/riverdelta/api/overview", "/riverdelta/data-docs/index.html",
+                 "/riverdelta/failed-rows/transactions_silver"):  # fmt: skip
+        assert _http(demo, path)[0] == 401, path
+    status, location = _http(demo, "/riverdelta/")
+    assert status == 302 and "/auth/login?next=" in location
+    assert _http(demo, "/riverdelta/api/overview", token="not-a-jwt")[0] == 403
+    status, overview = _http(demo, "/riverdelta/api/overview", token=_token(demo))
+    assert status == 200
+    assert [s["stream"] for s in overview["streams"]] == ["transactions", "page_views"]
+    assert len(overview["tables"]) == 8
+
+
+def _attrs(frame: Any, selector: str, *names: str) -> dict[str, tuple[str, ...]]:
+    rows = frame.locator(selector)
+    key = names[0]
+    return {
+        rows.nth(i).get_attribute(key): tuple(rows.nth(i).get_attribute(n) for n in names[1:])
+        for i in range(rows.count())
+    }
+
+
+def _agrees(page: Any, demo: Demo) -> tuple[dict, dict]:
+    """The page's streams and tables against ``riverdelta status/tables --json``, read
+    around the page's own read so a live change in between is retried, not failed."""
+    for _ in range(5):
+        before = json.loads(cli(demo.env, "status", "--json")), cli(demo.env, "tables", "--json")
+        page.reload()
+        frame = page.frame_locator("iframe")
+        frame.locator("h1", has_text="Riverdelta").wait_for()
+        shown = (
+            _attrs(frame, "tr[data-desired]", "data-stream", "data-desired", "data-actual",
+                   "data-lag-records", "data-restarts"),
+            _attrs(frame, "tr[data-table]", "data-table", "data-latest", "data-validated",
+                   "data-rows"),
+        )  # fmt: skip
+        after = json.loads(cli(demo.env, "status", "--json")), cli(demo.env, "tables", "--json")
+        if before == after:
+            status, tables = before[0], json.loads(before[1])
+            expected = (
+                {s["stream"]: (s["desired"], s["actual"], str(s["lag_records"]),
+                               str(s["restarts_in_window"])) for s in status},
+                {t["table"]: (str(t["latest_version"]), str(t["validated_version"]),
+                              str(t["rows_latest"])) for t in tables},
+            )  # fmt: skip
+            if shown == expected:
+                break
+        time.sleep(5)
+    return shown, expected
+
+
+def test_riverdelta_page_in_a_browser(demo):
+    from tests.e2e.browser import logged_in, screenshot
+
+    _ran(demo)
+    with logged_in(demo.url, "admin", demo.password, "/plugin/riverdelta") as page:
+        shown, expected = _agrees(page, demo)
+        assert shown == expected
+        streams, tables = shown
+        assert set(streams) == {"transactions", "page_views"}
+        assert all(v[1] == "RUNNING" for v in streams.values()), streams
+        assert len(tables) == 8 and all(v[1] != "None" for v in tables.values()), tables
+        frame = page.frame_locator("iframe")
+        assert frame.locator("polyline").count() >= 2  # lag and batch duration charts drawn
+        screenshot(page, "riverdelta-page")
+
+        # A stream's DAG link opens the DAG in the Airflow UI itself, not in the frame.
+        frame.locator('tr[data-stream="transactions"] a', has_text="transactions").click()
+        page.wait_for_url(re.compile(r"/dags/stream_transactions$"))
+        screenshot(page, "stream-dag")
+
+        # A dry-run backfill from the DAG's trigger form, then its run succeeds.
+        run_id = f"ui_dry_run_{int(time.time())}"
+        page.goto(f"{demo.url}/dags/backfill_page_views")
+        page.get_by_role("button", name="Trigger").first.click()
+        dialog = page.get_by_role("dialog")
+        dialog.locator('[id="switch:element_dry_run:control"]').click()  # Chakra's switch
+        assert dialog.locator('[id="switch:element_dry_run"]').get_attribute("data-state") == (
+            "checked"
+        )
+        dialog.get_by_role("button", name="Advanced Options").click()
+        dialog.locator("input[name=dagRunId]").fill(run_id)
+        screenshot(page, "trigger-dry-run")
+        dialog.locator("[data-testid=trigger-dag-submit]").click()
+        token, state, deadline = _token(demo), None, time.monotonic() + 600
+        while state not in ("success", "failed") and time.monotonic() < deadline:
+            time.sleep(5)
+            code, run = _http(demo, f"/api/v2/dags/backfill_page_views/dagRuns/{run_id}", token)
+            state = run.get("state") if code == 200 else None
+        assert state == "success", run
+        assert run["conf"]["dry_run"] is True
+        page.goto(f"{demo.url}/dags/backfill_page_views/runs/{run_id}")
+        page.get_by_text("success").first.wait_for()
+        screenshot(page, "dry-run-succeeded")
+
+        # The page lists it among the backfills, linked to its run.
+        page.goto(f"{demo.url}/plugin/riverdelta")
+        frame = page.frame_locator("iframe")
+        row = frame.locator(f'tr[data-backfill="{run_id}"]')
+        row.wait_for()
+        assert row.get_attribute("data-outcome") == "dry_run"
+
+
+def test_demo_end_to_end(demo):
     from deltalake import DeltaTable
 
-    log = tmp_path / "demo.log"
-    with log.open("w") as fh:
-        rc = subprocess.run(
-            [sys.executable, "-m", "riverdelta.cli", "demo"],
-            env=demo_env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            timeout=1800,
-        ).returncode
-    text = log.read_text()
-    assert rc == 0, text[-5000:]
-    assert "Riverdelta demo summary" in text
+    _ran(demo)
+    demo_env = demo.env
 
     # Both streams RUNNING under the deployments the scheduler's runs made.
     status = json.loads(cli(demo_env, "status", "--json"))

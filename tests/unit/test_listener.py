@@ -4,8 +4,13 @@ import json
 
 import pytest
 
+from riverdelta import listener
 from riverdelta.listener import (
+    append_series,
+    lag_at_planning,
     progress_record,
+    read_series,
+    series_point,
     read_record,
     summarize_exception,
     terminated_record,
@@ -139,3 +144,34 @@ def test_write_atomic_round_trip(tmp_path):
     assert read_record(path) == {"batch_id": 2}
     assert [p.name for p in path.parent.iterdir()] == ["orders.json"]
     assert read_record(tmp_path / "missing.json") is None
+
+
+def test_lag_at_planning_is_latest_minus_end_per_partition():
+    assert lag_at_planning(PROGRESS) == 0
+    behind = json.loads(json.dumps(PROGRESS))
+    # Spark may hand the offsets over as a JSON string; partition 1 missing from end.
+    behind["sources"][0]["latestOffset"] = json.dumps({"orders": {"0": 131, "1": 118, "2": 125}})
+    assert lag_at_planning(behind) == 10 + 0 + 5
+    assert lag_at_planning({"sources": []}) is None
+
+
+def test_series_point_carries_duration_rows_and_lag():
+    point = series_point(PROGRESS, now=1000.5)
+    assert point == {
+        "t": 1000.5, "batch_id": 42, "duration_ms": 1834, "rows": 250, "lag_records": 0
+    }  # fmt: skip
+
+
+def test_series_file_is_bounded_and_survives_a_torn_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(listener, "SERIES_MAX_POINTS", 10)
+    monkeypatch.setattr(listener, "SERIES_KEEP_SECONDS", 50)
+    path = tmp_path / "s.series.jsonl"
+    for t in range(100):
+        append_series(path, {"t": float(t), "duration_ms": t})
+    kept = read_series(path)
+    assert len(kept) <= 2 * 10 * 120 // 20  # trimmed, not 100 points
+    assert kept[-1]["t"] == 99.0 and all(p["t"] > 99 - 50 - 30 for p in kept)
+    with path.open("a") as fh:
+        fh.write('{"t": 100, "durat')  # a writer killed mid-line
+    assert read_series(path)[-1]["t"] == 99.0
+    assert [p["t"] for p in read_series(path, since=98)] == [98.0, 99.0]
