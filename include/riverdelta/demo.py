@@ -6,8 +6,12 @@ scheduler, waits for the tables and a small lag, lets the quality gates
 (started by their asset watchers) validate and publish every table, runs a ``rebuild`` backfill of
 one stream through Airflow, and prints a summary.
 
-``RIVERDELTA_DEMO_EVENTS`` (default 12000 per stream) sizes the traffic; the e2e
-test uses a smaller number.
+``RIVERDELTA_DEMO_EVENTS`` (default 12000 per stream) sizes the traffic, sent at
+``RIVERDELTA_DEMO_RATE`` events/s (default 400: the hot path keeps up with that on
+2 cores, and a newcomer should not wait for a slow producer). Once the tables are
+validated a trickle of ``RIVERDELTA_DEMO_TRICKLE_RATE`` events/s (default 5, 0 =
+none) keeps the streams visibly live on the Riverdelta page; the e2e test turns it
+off so the page's numbers hold still while it compares them.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import time
 from typing import Any
 
 PRODUCE_COUNT = int(os.environ.get("RIVERDELTA_DEMO_EVENTS", "12000"))
-PRODUCE_RATE = 40.0
+PRODUCE_RATE = float(os.environ.get("RIVERDELTA_DEMO_RATE", "400"))
+TRICKLE_RATE = float(os.environ.get("RIVERDELTA_DEMO_TRICKLE_RATE", "5"))
+TRICKLE_SECONDS = 3600
 BACKFILL_STREAM = "page_views"
 
 
@@ -27,14 +33,15 @@ def say(msg: str) -> None:
 
 
 def start_producers(
-    streams: list[str], count: int = PRODUCE_COUNT, rate: float = PRODUCE_RATE
+    streams: list[str], count: int = PRODUCE_COUNT, rate: float = PRODUCE_RATE, label: str = ""
 ) -> None:
     from riverdelta import procs
     from riverdelta.settings import settings
 
     seed = int(time.time())  # a new run must not re-send the event ids of the previous one
     for i, name in enumerate(streams):
-        if procs.running(f"producer-{name}"):
+        proc = f"producer-{name}{label}"
+        if procs.running(proc):
             continue
         cmd = [
             sys.executable, "-m", "riverdelta.cli", "produce", name,
@@ -42,9 +49,7 @@ def start_producers(
             "--poison-rate", "0.02", "--duplicate-rate", "0.02", "--late-rate", "0.01",
             "--seed", str(seed + i),
         ]  # fmt: skip
-        procs.start_detached(
-            f"producer-{name}", cmd, log=settings().log_dir / f"producer-{name}.log"
-        )
+        procs.start_detached(proc, cmd, log=settings().log_dir / f"{proc}.log")
         say(f"producing {count} {name} events at {rate:.0f}/s in the background")
 
 
@@ -210,6 +215,10 @@ def main() -> int:
     wait_validated(streams, tables)
     done = run_backfill(BACKFILL_STREAM)
     wait_healthy(streams)
+    if TRICKLE_RATE > 0:
+        start_producers(
+            streams, int(TRICKLE_RATE * TRICKLE_SECONDS), TRICKLE_RATE, label="-trickle"
+        )
     print(summary(streams, done))
     say(f"done in {time.monotonic() - t0:.0f}s")
     return 0

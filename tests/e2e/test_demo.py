@@ -66,6 +66,7 @@ def demo(tmp_path_factory):
             "RIVERDELTA_KAFKA_CONTROLLER_PORT": str(_free_port()),
             "RIVERDELTA_AIRFLOW_PORT": str(_free_port()),
             "RIVERDELTA_DEMO_EVENTS": str(EVENTS),
+            "RIVERDELTA_DEMO_TRICKLE_RATE": "0",  # the page must hold still to be compared
         }
     )
     log = tmp_path / "demo.log"
