@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from riverdelta import files
 from riverdelta.lake import control_dir
 
 MODES = ("rebuild", "range")
@@ -263,9 +264,7 @@ def heartbeat(stream: str, run_id: str) -> None:
     path = _lock_path(stream)
     held = _read_lock(path)
     if held.get("run_id") == run_id:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**held, "heartbeat": time.time()}))
-        tmp.replace(path)
+        files.write_atomic(path, json.dumps({**held, "heartbeat": time.time()}))
 
 
 def running_backfill(stream: str, lease: float = LOCK_LEASE_SECONDS) -> dict[str, Any] | None:

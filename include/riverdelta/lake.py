@@ -23,13 +23,12 @@ there. Everything that needs "the live tables" asks ``stream_location``.
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from riverdelta import files
 from riverdelta.settings import settings
 
 
@@ -86,10 +85,7 @@ def set_stream_location(stream: str, tables_root: str, checkpoint: str, by: str)
         "previous": {k: current[k] for k in ("tables_root", "checkpoint")},
     }
     target = _location_file(stream)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{stream}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(target)
+    files.write_atomic(target, json.dumps(doc, indent=2))
     return doc
 
 

@@ -23,10 +23,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from secrets import token_hex
 from typing import Any
 
-from riverdelta import procs
+from riverdelta import files, procs
 
 RUNNING = "RUNNING"
 DEAD = "DEAD"
@@ -80,20 +79,8 @@ def secret_env_file(values: dict[str, str], path: Path) -> Path:
     for key in values:
         if not _ENV_NAME.match(key):
             raise ValueError(f"{key!r} is not a valid environment variable name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items()).encode()
-    tmp = path.with_name(f".{path.name}.{token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(body)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    body = "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
+    return files.write_atomic(path, body, mode=0o600)
 
 
 def assert_no_secret_in_argv(cmd: Sequence[str], secrets: Sequence[str]) -> None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from riverdelta import files
 
 log = logging.getLogger("riverdelta.listener")
 
@@ -143,9 +144,7 @@ def append_series(path: Path, point: dict[str, Any]) -> None:
         fh.write(json.dumps(point) + "\n")
     if path.stat().st_size > SERIES_MAX_POINTS * 2 * 120:
         kept = read_series(path, since=point["t"] - SERIES_KEEP_SECONDS)[-SERIES_MAX_POINTS:]
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(json.dumps(p) + "\n" for p in kept))
-        os.replace(tmp, path)
+        files.write_atomic(path, "".join(json.dumps(p) + "\n" for p in kept))
 
 
 def read_series(path: Path, since: float = 0.0) -> list[dict[str, Any]]:
@@ -167,10 +166,7 @@ def read_series(path: Path, since: float = 0.0) -> list[dict[str, Any]]:
 
 def write_atomic(path: Path, record: dict[str, Any]) -> None:
     """Readers see the old file or the new one, never a half-written one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(record, default=str))
-    os.replace(tmp, path)
+    files.write_atomic(path, json.dumps(record, default=str))
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

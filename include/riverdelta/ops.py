@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from riverdelta import storage
+from riverdelta import files, storage
 from riverdelta.lake import control_dir, ops_path
 
 HISTORY = "ops_history"
@@ -98,9 +98,7 @@ def save_state(state: StreamState) -> None:
             )
         state.revision += 1
         state.updated_at = time.time()
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(state), indent=2, sort_keys=True))
-        tmp.replace(path)
+        files.write_atomic(path, json.dumps(asdict(state), indent=2, sort_keys=True))
 
 
 def update_state(stream: str, change: Callable[[StreamState], T], attempts: int = 50) -> T:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from riverdelta import files
 from riverdelta.settings import settings
 
 
@@ -103,9 +104,7 @@ def start_detached(
         )
     ticks = _start_ticks(proc.pid) or 0
     info = ProcInfo(name, proc.pid, ticks, str(log), list(cmd), time.time())
-    tmp = pid_file(name).with_suffix(".tmp")
-    tmp.write_text(json.dumps(info.__dict__))
-    tmp.replace(pid_file(name))
+    files.write_atomic(pid_file(name), json.dumps(info.__dict__))
     return info
 
 

@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from riverdelta import storage
+from riverdelta import files, storage
 from riverdelta.lake import TableSet, control_dir, ops_path
 from riverdelta.quality_engine import (
     Rows,
@@ -334,9 +334,7 @@ def _write_publication(
             else None
         ),
     }
-    tmp = folder / f".{table}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
-    tmp.replace(folder / f"{table}.json")
+    files.write_atomic(folder / f"{table}.json", json.dumps(doc, indent=2, sort_keys=True))
     return doc
 
 
@@ -417,9 +415,7 @@ def _write_summary(row: dict[str, Any]) -> None:
         summary["last"] = entry
         if row["full"]:
             summary["last_full"] = entry
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(summary, default=str))
-        tmp.replace(path)
+        files.write_atomic(path, json.dumps(summary, default=str))
 
 
 def _summary(table: str) -> dict[str, Any] | None:

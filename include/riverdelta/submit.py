@@ -8,12 +8,14 @@ Airflow Spark connection (``AIRFLOW_CONN_SPARK_DEFAULT``).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
 import zipfile
 from pathlib import Path
 
+from riverdelta import files
 from riverdelta.settings import PROJECT_ROOT, settings
 from riverdelta.spark import spark_conf
 
@@ -28,13 +30,12 @@ def package_zip() -> Path:
     newest = max(p.stat().st_mtime for p in src.rglob("*") if p.is_file())
     if out.exists() and out.stat().st_mtime >= newest:
         return out
-    tmp = out.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(src.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
                 zf.write(path, path.relative_to(src.parent))
-    tmp.replace(out)
-    return out
+    return files.write_atomic(out, buffer.getvalue())
 
 
 def add_ingest_arguments(parser) -> None:
