@@ -343,9 +343,22 @@ def gold_refresher(spark: SparkSession, job: IngestJob):
     if not job.spec.gold:
         return None
     if job.state.gold is None:
+        from riverdelta.sink import sinks_for
+
         interval = parse_duration(job.spec.gold_trigger).total_seconds()
+        # Only the live driver owns a sink's transactional id: a replay (rebuild,
+        # backfill) must not fence it; its gold changes reach Kafka when the live
+        # refresher next rewrites those windows.
+        sinks = sinks_for(job.spec, job.tables.paths, job.app_id) if job.mode == "live" else {}
         refresher = GoldRefresher(
-            spark, job.spec, job.tables.paths, job.app_id, interval, retry_conflicts, _TXN_LOCK
+            spark,
+            job.spec,
+            job.tables.paths,
+            job.app_id,
+            interval,
+            retry_conflicts,
+            _TXN_LOCK,
+            sinks=sinks,
         )
         refresher.start()
         job.state.gold = refresher
