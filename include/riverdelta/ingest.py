@@ -371,6 +371,17 @@ def await_gold(job: IngestJob, timeout: float = 600.0) -> None:
         job.state.gold.flush(timeout)
 
 
+def gold_failure(job: IngestJob) -> str | None:
+    """The gold refresher's (or its Kafka sink's) error as one line, None while it is fine.
+
+    The ingest's next batch re-raises it too, but an idle stream has no next batch:
+    the driver polls this so a sink that cannot reach Kafka stops the query.
+    """
+    gold = job.state.gold
+    error = getattr(gold, "error", None)
+    return None if error is None else f"gold refresh failed: {error}"
+
+
 def stop_gold(job: IngestJob, timeout: float = 600.0) -> None:
     if job.state.gold is not None:
         job.state.gold.close(timeout)
