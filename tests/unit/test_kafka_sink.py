@@ -173,3 +173,30 @@ def test_only_new_or_changed_rows_are_sent():
     assert changed_rows(gold, current, [same, changed_before]) == [changed_now, new]
     assert changed_rows(gold, current, None) == current  # nothing known: every row
     assert changed_rows(gold, current, current) == []
+
+
+def test_a_sink_that_does_not_open_is_the_refreshers_error():
+    import threading
+    from types import SimpleNamespace
+
+    from riverdelta.gold import GoldRefresher
+    from riverdelta.ingest import DriverState, gold_failure
+    from riverdelta.sink import SinkError
+
+    class Unreachable:
+        def open(self):
+            raise SinkError("kafka sink out: init_transactions failed: timed out")
+
+    spec = load_registry(SHIPPED).get("transactions")
+    refresher = GoldRefresher(
+        None, spec, {}, "app", 1.0, None, threading.Lock(), sinks={"user_5m": Unreachable()}
+    )
+    refresher.start()  # no thread, no recovery: the next batch fails with the error
+    assert isinstance(refresher.error, SinkError)
+    with pytest.raises(RuntimeError, match="gold refresh failed: kafka sink out"):
+        refresher.raise_if_failed()
+    job = SimpleNamespace(state=DriverState(gold=refresher))
+    assert gold_failure(job) == (
+        "gold refresh failed: kafka sink out: init_transactions failed: timed out"
+    )
+    assert gold_failure(SimpleNamespace(state=DriverState())) is None
