@@ -1,4 +1,4 @@
-"""Create every topic the stream registry declares, with its configured partitions.
+"""Create every topic the stream registry declares (sources, gold Kafka sinks and their markers).
 
 Manual or daily; idempotent (existing topics are left as they are). Useful on a
 distributed stack where `make up` does not create topics.
@@ -26,9 +26,7 @@ def platform_topics():
         from riverdelta.registry import load_registry
 
         registry = load_registry()
-        return kafka_broker.create_topics(
-            {s.topic: s.partitions for s in registry.streams.values()}
-        )
+        return kafka_broker.create_topics(registry.topics(), registry.topic_configs())
 
     create_topics()
 

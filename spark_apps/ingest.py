@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     from riverdelta.ingest import (
+        gold_failure,
         kafka_starting_options,
         make_job,
         passed_until,
@@ -143,7 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             if job.until is None:
-                query.awaitTermination()
+                # Not a bare awaitTermination: a failed gold refresh or Kafka sink stops
+                # the query even when no new batch would surface it.
+                while not query.awaitTermination(5):
+                    failed = gold_failure(job)
+                    if failed is not None:
+                        query.stop()
+                        if args.mode == "live":
+                            record_error(spec.name, failed)
+                        raise RuntimeError(failed)
             else:
                 # AvailableNow would read on to the topic's end; a range stops at its own.
                 while not query.awaitTermination(2):

@@ -37,7 +37,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         f"up: Kafka broker answering on {kafka_client.client_config().describe()} "
         f"({time.monotonic() - t0:.1f}s)"
     )
-    created = kafka_broker.create_topics({s.topic: s.partitions for s in registry.streams.values()})
+    created = kafka_broker.create_topics(registry.topics(), registry.topic_configs())
     for topic in created:
         print(f"up: created topic {topic}")
     if args.kafka_only:

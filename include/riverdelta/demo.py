@@ -194,7 +194,7 @@ def main() -> int:
     streams = registry.names
     say("starting the embedded Kafka broker (KRaft) and Airflow")
     kafka_broker.start()
-    kafka_broker.create_topics({s.topic: s.partitions for s in registry.streams.values()})
+    kafka_broker.create_topics(registry.topics(), registry.topic_configs())
     airflow_stack.start()
     say(f"Airflow healthy at {airflow_stack.api_url()}")
     start_producers(streams)

@@ -111,9 +111,11 @@ class GoldRefresher:
         interval: float,
         retry,  # ingest.retry_conflicts (passed in: ingest imports this module)
         lock: threading.Lock,
+        sinks: dict | None = None,  # gold name -> sink.KafkaSink (live drivers only)
     ) -> None:
         self.spark, self.spec, self.tables, self.app_id = spark, spec, tables, app_id
         self.interval, self._retry, self._write_lock = interval, retry, lock
+        self.sinks = dict(sinks or {})
         self._pending: dict[str, set[int]] = {g.name: set() for g in spec.gold}
         self._pending_batch: int | None = None
         self.covered_batch: int | None = None  # newest batch gold reflects (txn version)
@@ -138,6 +140,13 @@ class GoldRefresher:
     def start(self) -> None:
         if not self.spec.gold or self._thread is not None:
             return
+        try:
+            for sink in self.sinks.values():
+                sink.open()
+        except Exception as exc:  # the ingest's next batch fails with it: the stream's error
+            log.exception("gold %s: a Kafka sink did not open", self.spec.name)
+            self.error = exc
+            return
         self._recover()
         self._thread = threading.Thread(
             target=self._run, name=f"gold-{self.spec.name}", daemon=True
@@ -156,6 +165,10 @@ class GoldRefresher:
         except Exception:  # no silver yet: nothing to recover
             return
         done = [self._gold_txn(g) for g in self.spec.gold]
+        # A Kafka sink behind gold (killed between the gold write and its commit) has
+        # its windows re-announced too: gold's rewrite is then skipped (same txn) and
+        # the sink sends what changed since its last committed marker.
+        done += [s.resume_after() for s in self.sinks.values()]
         floor = min((d if d is not None else -1) for d in done)
         newest = dt.transaction_version(self.app_id)
         if newest is None or newest <= floor:
@@ -264,6 +277,18 @@ class GoldRefresher:
                 batch,
                 self.last_pass[gold.name],
             )
+            sink = self.sinks.get(gold.name)
+            if sink is not None:
+                t = time.monotonic()
+                sent = sink.send(batch, starts)
+                log.info(
+                    "gold %s: kafka sink %s: %s record(s) of batch %s committed in %.2fs",
+                    gold.name,
+                    sink.sink.topic,
+                    "no" if sent is None else sent,
+                    batch,
+                    time.monotonic() - t,
+                )
 
     # ----------------------------------------------------------------- waiting
 
@@ -301,3 +326,5 @@ class GoldRefresher:
             self._cv.notify_all()
         self._thread.join(timeout=30)
         self._thread = None
+        for sink in self.sinks.values():
+            sink.close()

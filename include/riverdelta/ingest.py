@@ -343,9 +343,22 @@ def gold_refresher(spark: SparkSession, job: IngestJob):
     if not job.spec.gold:
         return None
     if job.state.gold is None:
+        from riverdelta.sink import sinks_for
+
         interval = parse_duration(job.spec.gold_trigger).total_seconds()
+        # Only the live driver owns a sink's transactional id: a replay (rebuild,
+        # backfill) must not fence it; its gold changes reach Kafka when the live
+        # refresher next rewrites those windows.
+        sinks = sinks_for(job.spec, job.tables.paths, job.app_id) if job.mode == "live" else {}
         refresher = GoldRefresher(
-            spark, job.spec, job.tables.paths, job.app_id, interval, retry_conflicts, _TXN_LOCK
+            spark,
+            job.spec,
+            job.tables.paths,
+            job.app_id,
+            interval,
+            retry_conflicts,
+            _TXN_LOCK,
+            sinks=sinks,
         )
         refresher.start()
         job.state.gold = refresher
@@ -356,6 +369,17 @@ def await_gold(job: IngestJob, timeout: float = 600.0) -> None:
     """Block until gold reflects every batch this driver committed (replays, shutdown, tests)."""
     if job.state.gold is not None:
         job.state.gold.flush(timeout)
+
+
+def gold_failure(job: IngestJob) -> str | None:
+    """The gold refresher's (or its Kafka sink's) error as one line, None while it is fine.
+
+    The ingest's next batch re-raises it too, but an idle stream has no next batch:
+    the driver polls this so a sink that cannot reach Kafka stops the query.
+    """
+    gold = job.state.gold
+    error = getattr(gold, "error", None)
+    return None if error is None else f"gold refresh failed: {error}"
 
 
 def stop_gold(job: IngestJob, timeout: float = 600.0) -> None:

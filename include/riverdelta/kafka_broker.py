@@ -481,8 +481,10 @@ def stop_cluster(nodes: Sequence[Node], *, timeout: float = 20.0) -> list[str]:
     return [n.name for n in running]
 
 
-def create_topics(topics: dict[str, int]) -> list[str]:
-    """Create missing topics (name -> partitions); returns the ones created."""
+def create_topics(
+    topics: dict[str, int], configs: dict[str, dict[str, str]] | None = None
+) -> list[str]:
+    """Create missing topics (name -> partitions, optional name -> topic config); returns the ones created."""
     from confluent_kafka.admin import NewTopic
 
     s = settings()
@@ -493,7 +495,10 @@ def create_topics(topics: dict[str, int]) -> list[str]:
             t,
             num_partitions=n,
             replication_factor=s.kafka_replication_factor,
-            config={"min.insync.replicas": str(s.kafka_min_insync_replicas)},
+            config={
+                "min.insync.replicas": str(s.kafka_min_insync_replicas),
+                **(configs or {}).get(t, {}),
+            },
         )
         for t, n in topics.items()
         if t not in existing

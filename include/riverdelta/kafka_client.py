@@ -7,7 +7,8 @@ Airflow ``kafka_default`` connection (``from_connection``), and renders the same
 thing twice: ``librdkafka()`` for confluent-kafka (the look-ups, the generator,
 topic admin) and ``spark_options()`` for the Spark Kafka source (``kafka.*``).
 The two mappings invert (``from_librdkafka``, ``from_spark_options``) and the
-unit tests hold them together. ``consumer``, ``producer`` and ``admin`` are the
+unit tests hold them together. ``consumer``, ``producer`` and ``admin`` (and
+``transactional_producer`` / ``committed_consumer`` over them) are the
 only places a confluent-kafka client is constructed, as the Airflow Kafka
 provider's hooks own connection -> client.
 
@@ -323,6 +324,35 @@ def producer(
     from confluent_kafka import Producer
 
     return Producer({**_base(bootstrap, cfg), **conf})
+
+
+def transactional_producer(
+    transactional_id: str, *, cfg: KafkaClientConfig | None = None, **conf: Any
+) -> Any:
+    """A producer whose sends commit or abort together (``init_transactions`` before use).
+
+    A stable ``transactional_id`` across restarts is the point: the broker fences the
+    previous holder of the id (a zombie driver) and aborts its open transaction when
+    the next one calls ``init_transactions``. Keys are partitioned like the Java
+    clients do (murmur2), so other producers and consumers agree on a key's partition.
+    """
+    return producer(
+        cfg=cfg,
+        **{
+            "transactional.id": transactional_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "partitioner": "murmur2_random",
+            **conf,
+        },
+    )
+
+
+def committed_consumer(
+    bootstrap: str | None = None, *, cfg: KafkaClientConfig | None = None, **conf: Any
+) -> Any:
+    """A look-up consumer that sees committed transactions only (``read_committed``)."""
+    return consumer(bootstrap, cfg=cfg, **{"isolation.level": "read_committed", **conf})
 
 
 def admin(bootstrap: str | None = None, *, cfg: KafkaClientConfig | None = None, **conf: Any):

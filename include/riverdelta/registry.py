@@ -100,7 +100,12 @@ _STREAM_KEYS = frozenset(
 _FIELD_KEYS = frozenset(
     {"name", "type", "required", "nullable", "min", "allowed", "gen", "sensitive"}
 )
-_GOLD_KEYS = frozenset({"name", "group_by", "window", "aggregates"})
+_GOLD_KEYS = frozenset({"name", "group_by", "window", "aggregates", "kafka_sink"})
+_SINK_KEYS = frozenset({"topic", "key", "partitions"})
+# Kafka's legal topic names (at most 249 characters; "." and ".." are not topics).
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# The sink's control topic: one partition holding the marker of every committed refresh.
+MARKER_SUFFIX = "-marker"
 _AGG_KEYS = frozenset({"name", "fn", "column"})
 _HEALTH_REQUIRED = ("max_lag_seconds", "max_batch_age_seconds")
 _RESTART_KEYS = ("max_restarts", "window_seconds", "backoff_seconds")
@@ -167,11 +172,26 @@ class Aggregate:
 
 
 @dataclass(frozen=True)
+class KafkaSinkSpec:
+    """A gold table's Kafka output: every updated (group, window) row as JSON (riverdelta.sink)."""
+
+    topic: str
+    key: tuple[str, ...]  # group columns in the record key; window_start is always added
+    partitions: int = 3
+
+    @property
+    def marker_topic(self) -> str:
+        """One partition: the marker committed in each refresh's transaction."""
+        return self.topic + MARKER_SUFFIX
+
+
+@dataclass(frozen=True)
 class GoldSpec:
     name: str
     group_by: tuple[str, ...]
     window: str
     aggregates: tuple[Aggregate, ...]
+    kafka_sink: KafkaSinkSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +262,26 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self.streams
 
+    def topics(self) -> dict[str, int]:
+        """Every topic the registry names -> partitions: sources, gold sinks, sink markers."""
+        out: dict[str, int] = {}
+        for spec in self.streams.values():
+            out[spec.topic] = spec.partitions
+            for gold in spec.gold:
+                if gold.kafka_sink is not None:
+                    out[gold.kafka_sink.topic] = gold.kafka_sink.partitions
+                    out[gold.kafka_sink.marker_topic] = 1
+        return out
+
+    def topic_configs(self) -> dict[str, dict[str, str]]:
+        """Topic configs beyond the broker's defaults: markers are compacted, never expire."""
+        return {
+            gold.kafka_sink.marker_topic: {"cleanup.policy": "compact"}
+            for spec in self.streams.values()
+            for gold in spec.gold
+            if gold.kafka_sink is not None
+        }
+
     def get(self, name: str) -> StreamSpec:
         try:
             return self.streams[name]
@@ -294,6 +334,19 @@ def parse_registry(data: Any, path: Path | str = "<registry>") -> Registry:
                 f"{where}: streams {topics[spec.topic]!r} and {spec.name!r} share topic {spec.topic!r}"
             )
         topics[spec.topic] = spec.name
+    used = {t: f"stream {n!r} as its source" for t, n in topics.items()}
+    for spec in specs.values():
+        for gold in spec.gold:
+            sink = gold.kafka_sink
+            if sink is None:
+                continue
+            owner = f"stream {spec.name!r} gold {gold.name!r} kafka_sink"
+            for t in (sink.topic, sink.marker_topic):
+                if t in used:
+                    raise ContractError(
+                        f"{where}: {owner}: topic {t!r} is already used by {used[t]}"
+                    )
+                used[t] = owner
     return Registry(path=Path(path), streams=specs)
 
 
@@ -397,7 +450,7 @@ def _parse_stream(name: str, raw: dict, where: str) -> StreamSpec:
     gold_raw = raw.get("gold") or []
     if not isinstance(gold_raw, list):
         raise ctx.error("'gold' must be a list")
-    gold = tuple(_parse_gold(ctx, g, by_name) for g in gold_raw)
+    gold = tuple(_parse_gold(ctx, g, by_name, spec.partitions) for g in gold_raw)
     gold_names = [g.name for g in gold]
     if len(set(gold_names)) != len(gold_names):
         raise ctx.error(f"gold names must be unique, got {gold_names}")
@@ -573,7 +626,7 @@ def _parse_allowed(
     return tuple(dict.fromkeys(raw))
 
 
-def _parse_gold(ctx: _Ctx, raw: Any, fields: dict[str, FieldSpec]) -> GoldSpec:
+def _parse_gold(ctx: _Ctx, raw: Any, fields: dict[str, FieldSpec], partitions: int) -> GoldSpec:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise ctx.error(f"gold entries must be mappings with a 'name', got {raw!r}")
     name = raw["name"]
@@ -602,8 +655,50 @@ def _parse_gold(ctx: _Ctx, raw: Any, fields: dict[str, FieldSpec]) -> GoldSpec:
     if clash:
         raise ctx.error(f"{where}: output column names collide: {sorted(clash)}")
     return GoldSpec(
-        name=name, group_by=tuple(group_by), window=raw["window"].strip(), aggregates=aggregates
+        name=name,
+        group_by=tuple(group_by),
+        window=raw["window"].strip(),
+        aggregates=aggregates,
+        kafka_sink=_parse_sink(ctx, where, raw.get("kafka_sink"), tuple(group_by), partitions),
     )
+
+
+def _parse_sink(
+    ctx: _Ctx, where: str, raw: Any, group_by: tuple[str, ...], partitions: int
+) -> KafkaSinkSpec | None:
+    if raw is None:
+        return None
+    where = f"{where}: kafka_sink"
+    if not isinstance(raw, dict):
+        raise ctx.error(f"{where} must be a mapping with a 'topic' (and optionally 'key')")
+    unknown = set(raw) - _SINK_KEYS
+    if unknown:
+        raise ctx.error(
+            f"{where}: unknown keys {sorted(unknown)}; expected some of {sorted(_SINK_KEYS)}"
+        )
+    topic = raw.get("topic")
+    if not isinstance(topic, str) or not topic.strip():
+        raise ctx.error(f"{where}: 'topic' must be a non-empty string, got {topic!r}")
+    if not _TOPIC.match(topic) or topic in (".", ".."):
+        raise ctx.error(
+            f"{where}: topic {topic!r} is not a Kafka topic name ([A-Za-z0-9._-], at most 249)"
+        )
+    if len(topic) + len(MARKER_SUFFIX) > 249:
+        raise ctx.error(f"{where}: topic {topic!r} leaves no room for its {MARKER_SUFFIX!r} topic")
+    key = raw.get("key", list(group_by))
+    if not isinstance(key, list) or not all(isinstance(c, str) for c in key):
+        raise ctx.error(f"{where}: 'key' must be a list of group_by columns, got {key!r}")
+    not_grouped = [c for c in key if c not in group_by]
+    if not_grouped:
+        raise ctx.error(
+            f"{where}: key columns {not_grouped} are not group_by columns ({list(group_by)})"
+        )
+    if len(set(key)) != len(key):
+        raise ctx.error(f"{where}: key names a column more than once: {key}")
+    n = raw.get("partitions", partitions)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ctx.error(f"{where}: 'partitions' must be a positive integer, got {n!r}")
+    return KafkaSinkSpec(topic=topic, key=tuple(key), partitions=n)
 
 
 def _parse_aggregate(ctx: _Ctx, where: str, raw: Any, fields: dict[str, FieldSpec]) -> Aggregate:

@@ -157,9 +157,8 @@ def run(minutes: float, rate: float, maintain_every: int, out: Path) -> dict[str
         samples: list[dict[str, Any]] = []
         kafka_broker.start()
         try:
-            kafka_broker.create_topics(
-                {s.topic: s.partitions for s in load_registry().streams.values()}
-            )
+            registry = load_registry()
+            kafka_broker.create_topics(registry.topics(), registry.topic_configs())
             airflow_stack.start()
             api = airflow_stack.ApiClient()
             for name in streams:
