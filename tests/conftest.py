@@ -77,3 +77,15 @@ def lake(tmp_path) -> Path:
     path = tmp_path / "lake"
     path.mkdir()
     return path
+
+
+@pytest.fixture()
+def lake_env(tmp_path, monkeypatch):
+    """A lake of the test's own (``RIVERDELTA_LAKE``), with the settings re-read around it."""
+    from riverdelta.settings import settings
+
+    monkeypatch.setenv("RIVERDELTA_LAKE", str(tmp_path / "lake"))
+    settings.cache_clear()
+    yield tmp_path / "lake"
+    monkeypatch.undo()
+    settings.cache_clear()

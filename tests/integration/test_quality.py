@@ -26,17 +26,6 @@ SILVER_SCHEMA = (
 BASE = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture()
-def lake_env(tmp_path, monkeypatch):
-    from riverdelta.settings import settings
-
-    monkeypatch.setenv("RIVERDELTA_LAKE", str(tmp_path / "lake"))
-    settings.cache_clear()
-    yield tmp_path / "lake"
-    monkeypatch.undo()
-    settings.cache_clear()
-
-
 def txn(i: int, *, batch: int = 0, app: str = "app-1", **over) -> dict:
     row = {
         "event_id": f"e-{i}",

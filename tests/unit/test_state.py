@@ -10,17 +10,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture()
-def lake(tmp_path, monkeypatch):
-    from riverdelta.settings import settings
-
-    monkeypatch.setenv("RIVERDELTA_LAKE", str(tmp_path / "lake"))
-    settings.cache_clear()
-    yield tmp_path / "lake"
-    settings.cache_clear()
-
-
-def test_a_stale_copy_cannot_bring_back_running_after_a_stop(lake):
+def test_a_stale_copy_cannot_bring_back_running_after_a_stop(lake_env):
     from riverdelta import ops
 
     ops.update_state("s", lambda s: setattr(s, "desired", ops.RUNNING))
@@ -40,7 +30,7 @@ def _append_many(worker: int, n: int) -> None:
         ops.update_state("s", lambda s, i=i: s.restarts.append(worker * 1000 + i))
 
 
-def test_concurrent_writers_in_many_processes_lose_nothing(lake):
+def test_concurrent_writers_in_many_processes_lose_nothing(lake_env):
     from riverdelta import ops
 
     workers, each = 6, 30
@@ -61,7 +51,7 @@ def test_concurrent_writers_in_many_processes_lose_nothing(lake):
     assert state.revision == workers * each + 2
 
 
-def test_urls_with_passwords_are_masked_in_the_ops_history(lake):
+def test_urls_with_passwords_are_masked_in_the_ops_history(lake_env):
     from riverdelta import ops
 
     assert ops.mask_urls("s3a://AKIA:s3cr3t@bucket/lake and https://host/x") == (

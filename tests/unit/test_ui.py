@@ -113,17 +113,7 @@ def test_data_docs_file_stays_inside_the_site(tmp_path, monkeypatch):
     assert ui_data.data_docs_page("orders_silver") == "validations/orders_silver/run/t/b.html"
 
 
-@pytest.fixture()
-def lake_home(tmp_path, monkeypatch):
-    from riverdelta.settings import settings
-
-    monkeypatch.setenv("RIVERDELTA_LAKE", str(tmp_path / "lake"))
-    settings.cache_clear()
-    yield tmp_path / "lake"
-    settings.cache_clear()
-
-
-def test_batch_history_and_backfills_from_the_ops_tables(lake_home):
+def test_batch_history_and_backfills_from_the_ops_tables(lake_env):
     from datetime import UTC, datetime, timedelta
 
     import pyarrow as pa
