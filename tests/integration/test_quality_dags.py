@@ -10,9 +10,9 @@ from decimal import Decimal
 
 import pytest
 
-from tests.integration.test_quality import SILVER, append, lake_env, txn  # noqa: F401
+from tests.integration.test_quality import SILVER, append, txn
 
-# airflow_db comes from tests/integration/conftest.py; lake_env is test_quality's, imported.
+# airflow_db comes from tests/integration/conftest.py, lake_env from tests/conftest.py.
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("airflow_db", "lake_env")]
 
 
