@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 
@@ -176,6 +177,34 @@ def produce(stream: str, n: int, seed: int, **rates) -> dict:
     return gen(
         load_registry().get(stream), n, bootstrap=settings().kafka_bootstrap, seed=seed, **rates
     )
+
+
+def produce_in_background(
+    spec: StreamSpec, events: int, bootstrap: str, seed: int, seconds: float = 60.0
+) -> tuple[threading.Thread, dict]:
+    """A producer thread (started) sending ``events`` over ``seconds`` with some poison,
+    duplicates and late events; the dict gets the generator's summary when it is done."""
+    from riverdelta.generator import produce as gen
+
+    summary: dict = {}
+
+    def send() -> None:
+        summary.update(
+            gen(
+                spec,
+                events,
+                bootstrap=bootstrap,
+                rate=events / seconds,
+                poison_rate=0.01,
+                duplicate_rate=0.01,
+                late_rate=0.005,
+                seed=seed,
+            )
+        )
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread, summary
 
 
 class Sent:

@@ -6,7 +6,6 @@ import glob
 import os
 import random
 import signal
-import threading
 import time
 
 import pytest
@@ -14,6 +13,7 @@ import yaml
 
 from tests.integration.ingest_helpers import (
     assert_invariants,
+    produce_in_background,
     read,
     spec_on_topic,
     start_live_driver,
@@ -50,31 +50,13 @@ def _counted(spark, job) -> int:
 
 def _crash_loop(spark, kafka, topic, lake, tmp_path, *, events: int, kills: int, seed: int):
     from riverdelta import procs
-    from riverdelta.generator import produce
     from riverdelta.ingest import make_job
 
     stream = "transactions"
     spec = spec_on_topic(stream, topic)
     registry = _registry_on_topic(tmp_path, stream, topic)
     name = f"crash-{topic}"
-    summary: dict = {}
-
-    def producer():
-        summary.update(
-            produce(
-                spec,
-                events,
-                bootstrap=kafka,
-                rate=events / 60,
-                poison_rate=0.01,
-                duplicate_rate=0.01,
-                late_rate=0.005,
-                seed=seed,
-            )
-        )
-
-    thread = threading.Thread(target=producer)
-    thread.start()
+    thread, summary = produce_in_background(spec, events, kafka, seed)
     rng = random.Random(seed)
     info = start_live_driver(registry, lake, stream, name)
     try:

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import signal
-import threading
 import time
 from collections import Counter
 
@@ -24,6 +23,7 @@ import yaml
 from tests.integration.ingest_helpers import (
     assert_invariants,
     gold_caught_up,
+    produce_in_background,
     read,
     start_live_driver,
     wait_for,
@@ -104,7 +104,6 @@ def test_kafka_sink_exactly_once_under_sigkill(spark, kafka, topic, lake, tmp_pa
     from pyspark.sql import functions as F
 
     from riverdelta import procs
-    from riverdelta.generator import produce
     from riverdelta.ingest import make_job
     from riverdelta.registry import load_registry
     from riverdelta.sink import MARKER_KEY, Marker, read_marker
@@ -116,25 +115,8 @@ def test_kafka_sink_exactly_once_under_sigkill(spark, kafka, topic, lake, tmp_pa
     assert sink is not None and sink.key == ("user_id",)
     events, kills, seed = 8_000, 2, 21
     name = f"sink-{topic}"
-    summary: dict = {}
-
-    def producer():
-        summary.update(
-            produce(
-                spec,
-                events,
-                bootstrap=kafka,
-                rate=events / 60,
-                poison_rate=0.01,
-                duplicate_rate=0.01,
-                late_rate=0.005,
-                seed=seed,
-            )
-        )
-
     started = time.monotonic()
-    thread = threading.Thread(target=producer)
-    thread.start()
+    thread, summary = produce_in_background(spec, events, kafka, seed)
     rng = random.Random(seed)
     info = start_live_driver(registry, lake, STREAM, name)
     job = None
