@@ -37,9 +37,13 @@ def stream_panel(name: str, since: float) -> dict[str, Any]:
         panel["status"] = None
         panel["error"] = f"status could not be read: {_error(exc)}"
     panel["series"] = listener.read_series(listener.series_file(progress_file(name)), since)
-    for key, reader in (("batches", batch_history), ("backfills", backfills)):
+    readers = (
+        ("batches", lambda: batch_history(name, since)),
+        ("backfills", lambda: backfills(name)),
+    )
+    for key, read in readers:
         try:
-            panel[key] = reader(name, since)
+            panel[key] = read()
         except Exception as exc:
             panel[key] = None
             panel[f"{key}_error"] = _error(exc)
@@ -88,8 +92,9 @@ def batch_history(stream: str, since: float) -> dict[str, Any]:
     return {"delay": delay, "quarantine": dict(sorted(buckets.items())), "quarantine_total": total}
 
 
-def backfills(stream: str, since: float) -> list[dict[str, Any]]:
-    """The stream's recent backfills, newest first, as the ops history recorded them."""
+def backfills(stream: str) -> list[dict[str, Any]]:
+    """The stream's backfills of the last ``BACKFILL_DAYS``, newest first, as the ops
+    history recorded them."""
     from riverdelta import ops
 
     after = datetime.now(UTC) - timedelta(days=BACKFILL_DAYS)

@@ -158,7 +158,7 @@ def test_batch_history_and_backfills_from_the_ops_tables(lake_env):
         hand_over={"live_paused_seconds": 3.5},
     )  # fmt: skip
     ops.record("orders", "deploy")
-    runs = ui_data.backfills("orders", since)
+    runs = ui_data.backfills("orders")
     assert [(r["run_id"], r["outcome"], r["paused_seconds"]) for r in runs] == [
         ("r2", "ok", 3.5),
         ("r1", "dry_run", None),
