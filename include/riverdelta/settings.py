@@ -27,6 +27,10 @@ class ConfigError(ValueError):
     """A configuration problem the operator must fix; the message says how."""
 
 
+# The registry shipped with the project; RIVERDELTA_STREAMS points elsewhere.
+SHIPPED_STREAMS = PROJECT_ROOT / "include" / "streams.yaml"
+
+
 @dataclass(frozen=True)
 class Settings:
     env: str
@@ -136,9 +140,7 @@ def load_settings() -> Settings:
         raw = os.environ.get(f"RIVERDELTA_{key.upper()}")
         return raw if raw not in (None, "") else PROFILES[env][key].format(**fill)
 
-    streams = Path(
-        os.environ.get("RIVERDELTA_STREAMS", PROJECT_ROOT / "include" / "streams.yaml")
-    ).resolve()
+    streams = Path(os.environ.get("RIVERDELTA_STREAMS", SHIPPED_STREAMS)).resolve()
     replication = _int("RIVERDELTA_KAFKA_REPLICATION_FACTOR", value("kafka_replication_factor"))
     min_isr = _int("RIVERDELTA_KAFKA_MIN_INSYNC_REPLICAS", value("kafka_min_insync_replicas"))
     if not 1 <= min_isr <= replication:

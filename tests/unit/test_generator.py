@@ -5,23 +5,22 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from riverdelta import transforms as T
 from riverdelta.generator import Event, generate, poison_kinds, produce
 from riverdelta.registry import REASONS, load_registry, parse_duration
+from riverdelta.settings import SHIPPED_STREAMS
 from tests.unit.test_transforms import kafka_df, sensors_spec
 
 pytestmark = pytest.mark.unit
 
-SHIPPED = Path(__file__).resolve().parents[2] / "include" / "streams.yaml"
 BASE = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 
 
 def registry_stream(name):
-    return load_registry(SHIPPED).get(name)
+    return load_registry(SHIPPED_STREAMS).get(name)
 
 
 def events_df(spark, events: list[Event], partitions: int = 3):

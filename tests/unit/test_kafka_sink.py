@@ -6,12 +6,12 @@ import copy
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import yaml
 
 from riverdelta.registry import ContractError, KafkaSinkSpec, load_registry, parse_registry
+from riverdelta.settings import SHIPPED_STREAMS
 from riverdelta.sink import (
     Marker,
     changed_rows,
@@ -23,13 +23,6 @@ from riverdelta.sink import (
 
 pytestmark = pytest.mark.unit
 
-SHIPPED = Path(__file__).resolve().parents[2] / "include" / "streams.yaml"
-
-
-@pytest.fixture(scope="module")
-def shipped() -> dict:
-    return yaml.safe_load(SHIPPED.read_text())
-
 
 def _with_sink(shipped: dict, sink, stream: str = "transactions") -> dict:
     data = copy.deepcopy(shipped)
@@ -38,7 +31,7 @@ def _with_sink(shipped: dict, sink, stream: str = "transactions") -> dict:
 
 
 def test_shipped_registry_declares_no_sink_and_names_its_topics():
-    reg = load_registry(SHIPPED)
+    reg = load_registry(SHIPPED_STREAMS)
     assert all(g.kafka_sink is None for s in reg.streams.values() for g in s.gold)
     assert reg.topics() == {"rd.transactions": 3, "rd.page_views": 3}
     assert reg.topic_configs() == {}
@@ -113,7 +106,7 @@ def test_json_values_are_exact_and_utc():
 
 
 def _gold():
-    reg = parse_registry(_with_sink(yaml.safe_load(SHIPPED.read_text()), {"topic": "out"}))
+    reg = parse_registry(_with_sink(yaml.safe_load(SHIPPED_STREAMS.read_text()), {"topic": "out"}))
     return reg.get("transactions").gold[0]
 
 
@@ -187,7 +180,7 @@ def test_a_sink_that_does_not_open_is_the_refreshers_error():
         def open(self):
             raise SinkError("kafka sink out: init_transactions failed: timed out")
 
-    spec = load_registry(SHIPPED).get("transactions")
+    spec = load_registry(SHIPPED_STREAMS).get("transactions")
     refresher = GoldRefresher(
         None, spec, {}, "app", 1.0, None, threading.Lock(), sinks={"user_5m": Unreachable()}
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import yaml
@@ -17,19 +16,13 @@ from riverdelta.registry import (
     parse_duration,
     parse_registry,
 )
+from riverdelta.settings import SHIPPED_STREAMS
 
 pytestmark = pytest.mark.unit
 
-SHIPPED = Path(__file__).resolve().parents[2] / "include" / "streams.yaml"
-
-
-@pytest.fixture(scope="module")
-def shipped() -> dict:
-    return yaml.safe_load(SHIPPED.read_text())
-
 
 def test_shipped_registry_parses_with_defaults_merged():
-    reg = load_registry(SHIPPED)
+    reg = load_registry(SHIPPED_STREAMS)
     assert reg.names == ["page_views", "transactions"]
     tx = reg.get("transactions")
     assert (tx.topic, tx.key, tx.id_column, tx.event_time_column) == (
@@ -74,7 +67,7 @@ def test_shipped_registry_parses_with_defaults_merged():
 
 
 def test_spark_schema_ddl():
-    tx = load_registry(SHIPPED).get("transactions")
+    tx = load_registry(SHIPPED_STREAMS).get("transactions")
     assert tx.spark_schema_ddl() == (
         "`event_id` string, `user_id` string, `action` string, `amount` decimal(18,2), "
         "`currency` string, `merchant` string, `event_time` timestamp"
@@ -98,7 +91,7 @@ def test_default_path_comes_from_settings(tmp_path, monkeypatch, shipped):
 
 
 def test_unknown_stream_lists_known_ones():
-    reg = load_registry(SHIPPED)
+    reg = load_registry(SHIPPED_STREAMS)
     with pytest.raises(UnknownStreamError, match="known streams: page_views, transactions") as err:
         reg.get("orders")
     assert isinstance(err.value, ValueError)
