@@ -153,11 +153,29 @@ def _attrs(frame: Any, selector: str, *names: str) -> dict[str, tuple[str, ...]]
     }
 
 
-def _agrees(page: Any, demo: Demo) -> tuple[dict, dict]:
-    """The page's streams and tables against ``riverdelta status/tables --json``, read
-    around the page's own read so a live change in between is retried, not failed."""
+def _cli_view(demo: Demo) -> tuple[dict, dict]:
+    """What the page must show, from ``riverdelta status/tables --json``, as the page
+    writes it into its data attributes (None as "-")."""
+
+    def text(v: Any) -> str:
+        return "-" if v is None else str(v)
+
+    status = json.loads(cli(demo.env, "status", "--json"))
+    tables = json.loads(cli(demo.env, "tables", "--json"))
+    return (
+        {s["stream"]: (s["desired"], s["actual"], text(s["lag_records"]),
+                       text(s["restarts_in_window"])) for s in status},
+        {t["table"]: (text(t["latest_version"]), text(t["validated_version"]),
+                      text(t["rows_latest"])) for t in tables},
+    )  # fmt: skip
+
+
+def _agrees(page: Any, demo: Demo) -> tuple[tuple, tuple]:
+    """The page's streams and tables against the CLI's, read around the page's own
+    read so a live change in between is retried, not failed. (The raw JSON always
+    differs between two reads: it carries the time it was checked.)"""
     for _ in range(5):
-        before = json.loads(cli(demo.env, "status", "--json")), cli(demo.env, "tables", "--json")
+        expected = _cli_view(demo)
         page.reload()
         frame = page.frame_locator("iframe")
         frame.locator("h1", has_text="Riverdelta").wait_for()
@@ -167,17 +185,8 @@ def _agrees(page: Any, demo: Demo) -> tuple[dict, dict]:
             _attrs(frame, "tr[data-table]", "data-table", "data-latest", "data-validated",
                    "data-rows"),
         )  # fmt: skip
-        after = json.loads(cli(demo.env, "status", "--json")), cli(demo.env, "tables", "--json")
-        if before == after:
-            status, tables = before[0], json.loads(before[1])
-            expected = (
-                {s["stream"]: (s["desired"], s["actual"], str(s["lag_records"]),
-                               str(s["restarts_in_window"])) for s in status},
-                {t["table"]: (str(t["latest_version"]), str(t["validated_version"]),
-                              str(t["rows_latest"])) for t in tables},
-            )  # fmt: skip
-            if shown == expected:
-                break
+        if shown == expected == _cli_view(demo):
+            break
         time.sleep(5)
     return shown, expected
 
@@ -192,7 +201,7 @@ def test_riverdelta_page_in_a_browser(demo):
         streams, tables = shown
         assert set(streams) == {"transactions", "page_views"}
         assert all(v[1] == "RUNNING" for v in streams.values()), streams
-        assert len(tables) == 8 and all(v[1] != "None" for v in tables.values()), tables
+        assert len(tables) == 8 and all(v[1] != "-" for v in tables.values()), tables
         frame = page.frame_locator("iframe")
         assert frame.locator("polyline").count() >= 2  # lag and batch duration charts drawn
         screenshot(page, "riverdelta-page")
