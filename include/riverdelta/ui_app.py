@@ -123,6 +123,25 @@ svg{vertical-align:middle} a{color:#1d4ed8}
 """
 
 
+# Airflow embeds the page in an iframe sandboxed without allow-top-navigation (nor
+# allow-popups), so a target="_top" link is blocked there. The frame is same-origin
+# with scripts allowed: it moves the UI's own router instead (pushState + popstate,
+# which is what a click inside the UI does). Opened on its own, links work as links.
+_TOP_LINKS = """
+document.addEventListener("click", (event) => {
+  const link = event.target.closest('a[target="_top"]');
+  if (!link || window.top === window) return;
+  try {
+    window.top.history.pushState({}, "", link.getAttribute("href"));
+    window.top.dispatchEvent(new PopStateEvent("popstate"));
+    event.preventDefault();
+  } catch (err) {
+    // not the UI's origin after all: leave the click to the browser
+  }
+});
+"""
+
+
 def _e(value: Any) -> str:
     return html.escape("-" if value is None else str(value))
 
@@ -322,7 +341,7 @@ def render_page(data: dict[str, Any]) -> str:
         f"<h2>Tables</h2>{table_error}{_tables_table(data['tables'])}"
         f"<h2>Quarantine by reason</h2>{_quarantine(streams)}"
         f"<h2>Backfills</h2>{_backfills(streams)}"
-        "</body></html>"
+        f"<script>{_TOP_LINKS}</script></body></html>"
     )
 
 

@@ -73,7 +73,9 @@ def test_page_shows_stream_table_quarantine_and_backfill_with_links():
     assert 'href="/riverdelta/data-docs/validations/orders_silver/run/20261202/x.html"' in page
     assert 'data-quarantine="orders:missing_field" data-count="4"' in page
     assert page.count("<polyline") == 5  # lag, duration, delay, two quarantine reasons
-    assert "<script>" not in page and "&lt;script&gt;" in page  # errors are escaped
+    assert "<script>alert(1)" not in page  # errors are escaped
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert page.count("<script>") == 1  # only the page's own link handler
 
 
 def test_page_says_what_could_not_be_read_instead_of_failing():
