@@ -129,6 +129,12 @@ def series_point(progress_json: dict[str, Any], now: float) -> dict[str, Any]:
     }
 
 
+def idle_point(now: float) -> dict[str, Any]:
+    """A point for an idle trigger: Spark calls a query idle when its source has no new
+    data, so nothing is waiting (lag 0) and no batch ran."""
+    return {"t": round(now, 3), "batch_id": None, "duration_ms": None, "rows": 0, "lag_records": 0}
+
+
 SERIES_KEEP_SECONDS = 6 * 3600
 SERIES_MAX_POINTS = 5000
 
@@ -212,7 +218,14 @@ def make_progress_listener(path: Path) -> Any:
                 log.exception("could not write the progress file %s", self.path)
 
         def onQueryIdle(self, event: Any) -> None:
-            pass
+            # Spark 4 reports an idle trigger here, not as progress (every
+            # spark.sql.streaming.noDataProgressEventInterval): the lag chart stays
+            # drawn while the stream is caught up.
+            try:
+                with self.lock:
+                    append_series(series_file(self.path), idle_point(time.time()))
+            except Exception:
+                log.exception("could not append to the series of %s", self.path)
 
         def onQueryTerminated(self, event: Any) -> None:
             try:

@@ -7,6 +7,7 @@ import pytest
 from riverdelta import listener
 from riverdelta.listener import (
     append_series,
+    idle_point,
     lag_at_planning,
     progress_record,
     read_record,
@@ -175,3 +176,9 @@ def test_series_file_is_bounded_and_survives_a_torn_line(tmp_path, monkeypatch):
         fh.write('{"t": 100, "durat')  # a writer killed mid-line
     assert read_series(path)[-1]["t"] == 99.0
     assert [p["t"] for p in read_series(path, since=98)] == [98.0, 99.0]
+
+
+def test_an_idle_trigger_is_a_point_with_nothing_waiting():
+    assert idle_point(5.0) == {
+        "t": 5.0, "batch_id": None, "duration_ms": None, "rows": 0, "lag_records": 0
+    }  # fmt: skip
