@@ -124,16 +124,21 @@ svg{vertical-align:middle} a{color:#1d4ed8}
 
 
 # Airflow embeds the page in an iframe sandboxed without allow-top-navigation (nor
-# allow-popups), so a target="_top" link is blocked there. The frame is same-origin
-# with scripts allowed: it moves the UI's own router instead (pushState + popstate,
-# which is what a click inside the UI does). Opened on its own, links work as links.
+# allow-popups), so a target="_top" link is blocked there, and so is a script in
+# the frame setting the top window's location. The frame is same-origin with
+# scripts allowed: it clicks an anchor it places in the UI's own document, whose
+# navigation belongs to the top window. Opened on its own, links work as links.
 _TOP_LINKS = """
 document.addEventListener("click", (event) => {
   const link = event.target.closest('a[target="_top"]');
   if (!link || window.top === window) return;
   try {
-    window.top.history.pushState({}, "", link.getAttribute("href"));
-    window.top.dispatchEvent(new PopStateEvent("popstate"));
+    const doc = window.top.document;
+    const anchor = doc.createElement("a");
+    anchor.href = link.getAttribute("href");
+    doc.body.appendChild(anchor);
+    anchor.click();
+    anchor.remove();
     event.preventDefault();
   } catch (err) {
     // not the UI's origin after all: leave the click to the browser

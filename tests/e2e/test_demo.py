@@ -209,6 +209,7 @@ def test_riverdelta_page_in_a_browser(demo):
         # A stream's DAG link opens the DAG in the Airflow UI itself, not in the frame.
         frame.locator('tr[data-stream="transactions"] a', has_text="transactions").click()
         page.wait_for_url(re.compile(r"/dags/stream_transactions$"))
+        page.get_by_text("stream_transactions").first.wait_for()  # the DAG page, rendered
         screenshot(page, "stream-dag")
 
         # A dry-run backfill from the DAG's trigger form, then its run succeeds.
