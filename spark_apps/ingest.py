@@ -38,19 +38,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def kafka_problem() -> str | None:
-    """Bad Kafka settings or a refused connection, as one line; None when Kafka answers.
+def kafka_problem(spec) -> str | None:
+    """Bad Kafka settings, a refused connection or no topic to read, as one line; None if fine.
 
     Checked before Spark starts: the Kafka source would otherwise retry a refused
-    login or handshake inside the query, with a stack trace per attempt.
+    login or handshake inside the query, with a stack trace per attempt, and a
+    pattern that matches nothing would run a query that reads nothing, silently.
     """
     from riverdelta import kafka_client
-    from riverdelta.settings import ConfigError
+    from riverdelta.health import source_topics
+    from riverdelta.settings import ConfigError, settings
 
     try:
         kafka_client.check()
+        found = source_topics(settings().kafka_bootstrap, spec.source)
     except (ConfigError, kafka_client.KafkaClientError) as exc:
         return str(exc)
+    except RuntimeError as exc:  # a named topic that does not exist
+        return f"{exc}; create it (`riverdelta up` creates the registry's topics)"
+    if not found:
+        return (
+            f"stream {spec.name!r}: topic_pattern {spec.topic_pattern!r} matches no topic on "
+            f"{settings().kafka_bootstrap}; create a matching topic or fix the pattern"
+        )
     return None
 
 
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.until:
             from riverdelta.backfill import parse_offsets
 
-            until = parse_offsets(args.until, spec.topic)
+            until = parse_offsets(args.until, spec.source)
         job = make_job(
             spec,
             args.mode,
@@ -103,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"ingest: error: {exc}", file=sys.stderr)
         return 2
-    problem = kafka_problem()
+    problem = kafka_problem(spec)
     if problem:
         print(f"ingest: error: {problem}", file=sys.stderr)
         if args.mode == "live":

@@ -14,13 +14,15 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from riverdelta import files
+from riverdelta.health import TP, flatten, nest
 from riverdelta.lake import control_dir
+from riverdelta.registry import TopicSource
 
 MODES = ("rebuild", "range")
 
@@ -29,68 +31,94 @@ class BackfillRefused(ValueError):
     """The request cannot be honoured; nothing was written."""
 
 
+def _name(tp: TP) -> str:
+    return f"{tp[0]} partition {tp[1]}"
+
+
 @dataclass(frozen=True)
 class OffsetRange:
-    topic: str
-    start: dict[int, int]
-    end: dict[int, int]  # exclusive
+    """A half-open range per topic-partition of a stream's source."""
+
+    topics: tuple[str, ...]
+    start: dict[TP, int]
+    end: dict[TP, int]  # exclusive
     first_timestamp: float | None = None
     last_timestamp: float | None = None
 
     @property
     def records(self) -> int:
-        return sum(max(0, self.end[p] - self.start[p]) for p in self.start)
+        return sum(max(0, self.end[tp] - self.start[tp]) for tp in self.start)
 
     def starting_offsets_json(self) -> str:
-        return json.dumps({self.topic: {str(p): o for p, o in sorted(self.start.items())}})
+        return json.dumps(nest(self.start))
 
     def ending_offsets_json(self) -> str:
-        return json.dumps({self.topic: {str(p): o for p, o in sorted(self.end.items())}})
+        return json.dumps(nest(self.end))
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["start"] = {str(k): v for k, v in self.start.items()}
-        d["end"] = {str(k): v for k, v in self.end.items()}
-        d["records"] = self.records
-        d["partitions"] = sorted(self.start)
-        return d
+        return {
+            "topics": list(self.topics),
+            "start": nest(self.start),
+            "end": nest(self.end),
+            "first_timestamp": self.first_timestamp,
+            "last_timestamp": self.last_timestamp,
+            "records": self.records,
+            "partitions": [list(tp) for tp in sorted(self.start)],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OffsetRange:
+        if "topic" in d:  # written before streams had several topics: {partition: offset}
+            topic = d["topic"]
+            d = {**d, "topics": [topic]}
+            d["start"], d["end"] = ({topic: d[k]} for k in ("start", "end"))
         return cls(
-            d["topic"],
-            {int(k): v for k, v in d["start"].items()},
-            {int(k): v for k, v in d["end"].items()},
+            tuple(d["topics"]),
+            flatten(d["start"]),
+            flatten(d["end"]),
             d.get("first_timestamp"),
             d.get("last_timestamp"),
         )
 
 
-def parse_offsets(text: str, topic: str) -> dict[int, int]:
-    """``{"0": 10, "1": 20}`` or Spark's ``{"topic": {"0": 10}}``; partitions as ints."""
+def parse_offsets(text: str, source: TopicSource | str) -> dict[TP, int]:
+    """Spark's ``{"topic": {"0": 10}}``, or ``{"0": 10}`` for a stream of one named topic."""
+    source = TopicSource.of(source)
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise BackfillRefused(
             f"malformed offsets JSON {text!r}: {exc.msg} at position {exc.pos}"
         ) from exc
-    if isinstance(data, dict) and list(data) == [topic] and isinstance(data[topic], dict):
-        data = data[topic]
     if not isinstance(data, dict) or not data:
         raise BackfillRefused(
             f'offsets JSON {text!r}: expected an object partition -> offset, e.g. {{"0": 42}}'
         )
-    out = {}
-    for p, o in data.items():
-        try:
-            part = int(p)
-        except ValueError as exc:
-            raise BackfillRefused(f"offsets JSON: partition {p!r} is not a number") from exc
-        if not isinstance(o, int) or isinstance(o, bool) or o < 0:
+    if not all(isinstance(v, dict) for v in data.values()):
+        if source.pattern is not None or len(source.topics) != 1:
             raise BackfillRefused(
-                f"offsets JSON: offset {o!r} of partition {p} is not a non-negative integer"
+                f"offsets JSON {text!r}: this stream reads {source}: name the topic of each "
+                'partition, e.g. {"<topic>": {"0": 42}}'
             )
-        out[part] = o
+        data = {source.topics[0]: data}
+    out: dict[TP, int] = {}
+    for topic, parts in data.items():
+        if not source.matches(topic):
+            raise BackfillRefused(
+                f"offsets JSON: topic {topic!r} is not read by this stream ({source})"
+            )
+        if not isinstance(parts, dict):
+            raise BackfillRefused(f"offsets JSON: {topic!r} must map partition -> offset")
+        for p, o in parts.items():
+            try:
+                part = int(p)
+            except ValueError as exc:
+                raise BackfillRefused(f"offsets JSON: partition {p!r} is not a number") from exc
+            if not isinstance(o, int) or isinstance(o, bool) or o < 0:
+                raise BackfillRefused(
+                    f"offsets JSON: offset {o!r} of partition {p} is not a non-negative integer"
+                )
+            out[(topic, part)] = o
     return out
 
 
@@ -104,10 +132,8 @@ def _parse_time(text: str) -> float | None:
     return ts.timestamp()
 
 
-def offsets_for_time(
-    bootstrap: str, topic: str, partitions: list[int], at: float, high: dict[int, int]
-) -> dict[int, int]:
-    """First offset per partition whose timestamp is >= ``at`` (the high watermark if none)."""
+def offsets_for_time(bootstrap: str, at: float, high: dict[TP, int]) -> dict[TP, int]:
+    """First offset per topic-partition of ``high`` whose timestamp is >= ``at`` (else its end)."""
     from confluent_kafka import TopicPartition
 
     from riverdelta.health import _consumer
@@ -115,50 +141,55 @@ def offsets_for_time(
     consumer = _consumer(bootstrap)
     try:
         found = consumer.offsets_for_times(
-            [TopicPartition(topic, p, int(at * 1000)) for p in partitions], timeout=10
+            [TopicPartition(t, p, int(at * 1000)) for t, p in high], timeout=10
         )
     finally:
         consumer.close()
-    return {tp.partition: (tp.offset if tp.offset >= 0 else high[tp.partition]) for tp in found}
+    return {
+        (tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else high[(tp.topic, tp.partition)])
+        for tp in found
+    }
 
 
 def resolve(
-    topic: str,
+    source: TopicSource | str,
     bootstrap: str,
     from_: str = "earliest",
     to: str = "latest",
     *,
-    watermarks: dict[int, tuple[int, int]] | None = None,
+    watermarks: dict[TP, tuple[int, int]] | None = None,
     time_lookup=offsets_for_time,
 ) -> OffsetRange:
     from riverdelta.health import watermarks as read_watermarks
 
-    marks = watermarks if watermarks is not None else read_watermarks(bootstrap, topic)
+    source = TopicSource.of(source)
+    marks = watermarks if watermarks is not None else read_watermarks(bootstrap, source)
     parts = sorted(marks)
-    low = {p: marks[p][0] for p in parts}
-    high = {p: marks[p][1] for p in parts}
+    low = {tp: marks[tp][0] for tp in parts}
+    high = {tp: marks[tp][1] for tp in parts}
 
-    def side(text: str, default: dict[int, int], name: str) -> dict[int, int]:
+    def side(text: str, default: dict[TP, int], name: str) -> dict[TP, int]:
         text = (text or "").strip()
         if text in ("", "earliest"):
             return dict(low)
         if text == "latest":
             return dict(high)
         if text.startswith("{"):
-            given = parse_offsets(text, topic)
+            given = parse_offsets(text, source)
             unknown = sorted(set(given) - set(parts))
             if unknown:
                 raise BackfillRefused(
-                    f"{name}: unknown partition(s) {unknown} of {topic}; it has partitions {parts}"
+                    f"{name}: unknown partition(s) {[_name(tp) for tp in unknown]} of {source}; "
+                    f"it has {[_name(tp) for tp in parts]}"
                 )
-            return {p: given.get(p, default[p]) for p in parts}
+            return {tp: given.get(tp, default[tp]) for tp in parts}
         at = _parse_time(text)
         if at is None:
             raise BackfillRefused(
                 f"{name} {text!r}: expected earliest, latest, an ISO timestamp (2026-11-21T10:00:00Z) "
                 'or per-partition offsets JSON ({"0": 42})'
             )
-        return time_lookup(bootstrap, topic, parts, at, high)
+        return time_lookup(bootstrap, at, high)
 
     t_from, t_to = (_parse_time((t or "").strip()) for t in (from_, to))
     if t_from is not None and t_to is not None and t_to < t_from:
@@ -167,48 +198,57 @@ def resolve(
         raise BackfillRefused(f"to {to!r} is before from {from_!r}: swap them")
     start = side(from_, low, "from")
     end = side(to, high, "to")
-    lost = {p: low[p] - start[p] for p in parts if start[p] < low[p]}
+    _refuse_impossible(source, start, end, low, high)
+    return OffsetRange(tuple(sorted({t for t, _ in parts})), start, end)
+
+
+def _refuse_impossible(
+    source: TopicSource,
+    start: dict[TP, int],
+    end: dict[TP, int],
+    low: dict[TP, int],
+    high: dict[TP, int],
+) -> None:
+    """A range must lie within what Kafka still holds, and run forwards."""
+    lost = {tp: low[tp] - start[tp] for tp in start if start[tp] < low[tp]}
     if lost:
         where = ", ".join(
-            f"partition {p}: {n} record(s) (offsets {start[p]}..{low[p] - 1})"
-            for p, n in lost.items()
+            f"{_name(tp)}: {n} record(s) (offsets {start[tp]}..{low[tp] - 1})"
+            for tp, n in lost.items()
         )
         raise BackfillRefused(
-            f"from-offsets below the earliest retained offsets of {topic}: {sum(lost.values())} record(s) "
+            f"from-offsets below the earliest retained offsets of {source}: {sum(lost.values())} record(s) "
             f"were deleted by retention and cannot be replayed ({where}). Start at the earliest retained "
             "offsets (from=earliest) and restore the lost range from another copy if you need it."
         )
-    beyond = {p: end[p] for p in parts if end[p] > high[p]}
+    beyond = {_name(tp): end[tp] for tp in end if end[tp] > high[tp]}
     if beyond:
-        raise BackfillRefused(f"to-offsets beyond the end of {topic} ({beyond}; end is {high})")
-    backwards = {p: (start[p], end[p]) for p in parts if end[p] < start[p]}
+        ends = {_name(tp): hi for tp, hi in high.items()}
+        raise BackfillRefused(f"to-offsets beyond the end of {source} ({beyond}; end is {ends})")
+    backwards = {_name(tp): (start[tp], end[tp]) for tp in start if end[tp] < start[tp]}
     if backwards:
-        raise BackfillRefused(f"to is before from on partition(s) {backwards} (from, to)")
-    return OffsetRange(topic, start, end)
+        raise BackfillRefused(f"to is before from on {backwards} (from, to)")
 
 
 def with_time_span(rng: OffsetRange, bootstrap: str) -> OffsetRange:
     """The range with the timestamps of its first and last records (for dry runs)."""
     from riverdelta.health import oldest_unprocessed_timestamps
 
-    firsts = oldest_unprocessed_timestamps(
-        bootstrap, rng.topic, {p: rng.start[p] for p in rng.start if rng.end[p] > rng.start[p]}
-    )
-    lasts = oldest_unprocessed_timestamps(
-        bootstrap, rng.topic, {p: rng.end[p] - 1 for p in rng.start if rng.end[p] > rng.start[p]}
-    )
+    filled = [tp for tp in rng.start if rng.end[tp] > rng.start[tp]]
+    firsts = oldest_unprocessed_timestamps(bootstrap, {tp: rng.start[tp] for tp in filled})
+    lasts = oldest_unprocessed_timestamps(bootstrap, {tp: rng.end[tp] - 1 for tp in filled})
     f = [t for t in firsts.values() if t is not None]
     ls = [t for t in lasts.values() if t is not None]
     return OffsetRange(
-        rng.topic, rng.start, rng.end, min(f) if f else None, max(ls) if ls else None
+        rng.topics, rng.start, rng.end, min(f) if f else None, max(ls) if ls else None
     )
 
 
-def clip_to(rng: OffsetRange, limit: dict[int, int]) -> OffsetRange:
+def clip_to(rng: OffsetRange, limit: dict[TP, int]) -> OffsetRange:
     """Clip the range's end to ``limit`` (a live stream's committed offsets)."""
-    end = {p: min(rng.end[p], limit.get(p, rng.start[p])) for p in rng.end}
-    end = {p: max(end[p], rng.start[p]) for p in end}
-    return OffsetRange(rng.topic, rng.start, end, rng.first_timestamp, rng.last_timestamp)
+    end = {tp: min(rng.end[tp], limit.get(tp, rng.start[tp])) for tp in rng.end}
+    end = {tp: max(end[tp], rng.start[tp]) for tp in end}
+    return OffsetRange(rng.topics, rng.start, end, rng.first_timestamp, rng.last_timestamp)
 
 
 # --------------------------------------------------------------------------- one at a time
@@ -365,18 +405,18 @@ def plan(
     with _refusal_recorded(stream, mode, actor):
         spec = _spec(stream)
         limit = check_params(mode, from_, to, max_offsets_per_trigger)
-        rng = resolve(spec.topic, _bootstrap(), from_, to)
+        rng = resolve(spec.source, _bootstrap(), from_, to)
         clipped = None
         if mode == "range":
             # The live stream ingests what it has not committed yet; replaying beyond its
             # committed offsets would write those records twice.
             from riverdelta.health import read_checkpoint
 
-            state = read_checkpoint(live_checkpoint(spec.name), spec.topic)
+            state = read_checkpoint(live_checkpoint(spec.name))
             committed = dict(state.end_offsets) if state else {}
             bounded = clip_to(rng, committed)
             if bounded.end != rng.end:
-                clipped = {"requested_end": {str(p): o for p, o in rng.end.items()}}
+                clipped = {"requested_end": nest(rng.end)}
             rng = bounded
         rng = with_time_span(rng, _bootstrap())
     tag = _tag(run_id)
@@ -413,6 +453,7 @@ def _summary(p: dict[str, Any]) -> dict[str, Any]:
     return {
         "mode": p["mode"],
         "run_id": p["run_id"],
+        "topics": rng["topics"],
         "partitions": rng["partitions"],
         "start": rng["start"],
         "end": rng["end"],
@@ -422,6 +463,22 @@ def _summary(p: dict[str, Any]) -> dict[str, Any]:
         "clipped_to_live": p.get("clipped_to_live"),
         "tables_root": p["tables_root"],
     }
+
+
+def range_lines(d: dict[str, Any]) -> list[str]:
+    """One line per topic-partition of a range (or of a history row that holds one)."""
+
+    def offsets(side: dict[str, Any]) -> dict[TP, int]:
+        # History rows from before several topics per stream hold {partition: offset}.
+        flat = all(not isinstance(v, dict) for v in side.values())
+        return {("", int(k)): int(v) for k, v in side.items()} if flat else flatten(side)
+
+    start, end = offsets(d.get("start") or {}), offsets(d.get("end") or {})
+    return [
+        f"{(topic + ' ') if topic else ''}partition {part}: offsets [{lo}, {end[(topic, part)]}) "
+        f"= {max(0, end[(topic, part)] - lo)} record(s)"
+        for (topic, part), lo in sorted(start.items())
+    ]
 
 
 def describe(p: dict[str, Any]) -> str:
@@ -434,12 +491,11 @@ def describe(p: dict[str, Any]) -> str:
         return datetime.fromtimestamp(t, UTC).isoformat() if t else "-"
 
     lines = [
-        f"{p['mode']} backfill of {p['stream']} ({rng['topic']}): {rng['records']} record(s), "
+        f"{p['mode']} backfill of {p['stream']} ({', '.join(rng['topics'])}): "
+        f"{rng['records']} record(s), "
         f"event times {when(rng.get('first_timestamp'))} .. {when(rng.get('last_timestamp'))}"
     ]
-    for part in rng["partitions"]:
-        s, e = rng["start"][str(part)], rng["end"][str(part)]
-        lines.append(f"  partition {part}: offsets [{s}, {e}) = {max(0, e - s)} record(s)")
+    lines += [f"  {line}" for line in range_lines(rng)]
     if p.get("clipped_to_live"):
         lines.append(
             "  (end clipped to the live stream's committed offsets; it ingests the rest itself)"
@@ -591,7 +647,7 @@ def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0
 
     stream = p["stream"]
     spec = _spec(stream)
-    replay_end = read_checkpoint(p["checkpoint"], spec.topic)
+    replay_end = read_checkpoint(p["checkpoint"])
     replay_batch = replay_end.last_committed_batch if replay_end else None
     replay_batch = -1 if replay_batch is None else replay_batch
 
@@ -606,7 +662,7 @@ def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0
     try:
         was_running = control.stop_deployment(stream, state.deployment)
         # Stop position of the old driver: the new one must get at least this far.
-        target = {p_: hi for p_, (_, hi) in watermarks(_bootstrap(), spec.topic).items()}
+        target = {tp: hi for tp, (_, hi) in watermarks(_bootstrap(), spec.source).items()}
         set_stream_location(stream, p["tables_root"], p["checkpoint"], by=p["run_id"])
 
         def fresh_tables(s: ops.StreamState) -> bool:
@@ -620,14 +676,14 @@ def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0
             ops.update_state(stream, control.deployment_change(None, state.deployment))
 
             def caught_up():
-                cp = read_checkpoint(p["checkpoint"], spec.topic)
+                cp = read_checkpoint(p["checkpoint"])
                 ends = dict(cp.end_offsets) if cp else {}
                 return all(ends.get(part, -1) >= off for part, off in target.items())
 
             def resumed():
                 # Ingesting again: a batch after the replay's, or (nothing arrived during the
                 # switch) the new driver's query is up on an already caught-up checkpoint.
-                cp = read_checkpoint(p["checkpoint"], spec.topic)
+                cp = read_checkpoint(p["checkpoint"])
                 if cp is not None and (cp.last_committed_batch or -1) > replay_batch:
                     return True
                 return _query_started(state.deployment) and caught_up()
@@ -709,9 +765,8 @@ def follow_backfill(
             out(f"  why: {d.get('reason') or d.get('error')}")
         if "records" in d:
             out(f"  records in range: {d['records']}")
-            for part in d.get("partitions") or []:
-                lo, hi = d["start"][str(part)], d["end"][str(part)]
-                out(f"    partition {part}: offsets [{lo}, {hi})")
+            for line in range_lines(d):
+                out(f"    {line}")
         if d.get("replay"):
             r = d["replay"]
             out(

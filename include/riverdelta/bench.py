@@ -350,17 +350,18 @@ def raw_consumer(topic: str, bootstrap: str) -> dict[str, Any]:
     rows = size = 0
     t = _now()
     try:
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        pending = {p for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in ends])
+        pending = {tp for tp, end in ends.items() if end > 0}
         while pending:
             for msg in consumer.consume(num_messages=10_000, timeout=1.0):
+                tp = (msg.topic(), msg.partition())
                 if msg.error() is not None:
-                    pending.discard(msg.partition())  # end of partition
+                    pending.discard(tp)  # end of partition
                     continue
                 rows += 1
                 size += len(msg.value() or b"") + len(msg.key() or b"")
-                if msg.offset() + 1 >= ends[msg.partition()]:
-                    pending.discard(msg.partition())
+                if msg.offset() + 1 >= ends[tp]:
+                    pending.discard(tp)
             if _now() - t > 600:
                 raise TimeoutError(f"raw consumer: {rows} of {sum(ends.values())} after 600 s")
     finally:
@@ -481,7 +482,7 @@ def _wait_caught_up(job: Any, topic: str, bootstrap: str, timeout: float) -> flo
     ends = end_offsets(bootstrap, topic)
     t = _now()
     while _now() - t < timeout:
-        state = read_checkpoint(job.checkpoint, topic)
+        state = read_checkpoint(job.checkpoint)
         if state and all(state.end_offsets.get(p, 0) >= end for p, end in ends.items()):
             return _now() - t
         time.sleep(0.2)
@@ -491,7 +492,7 @@ def _wait_caught_up(job: Any, topic: str, bootstrap: str, timeout: float) -> flo
 def _lag(job: Any, topic: str, bootstrap: str) -> int:
     from riverdelta.health import end_offsets, read_checkpoint
 
-    state = read_checkpoint(job.checkpoint, topic)
+    state = read_checkpoint(job.checkpoint)
     done = state.end_offsets if state else {}
     return sum(max(end - done.get(p, 0), 0) for p, end in end_offsets(bootstrap, topic).items())
 
@@ -614,7 +615,7 @@ def live_latency(
     from riverdelta.ingest import start_query
     from riverdelta.registry import parse_duration
 
-    spec = dataclasses.replace(spec, topic=f"{spec.topic}.bench-live")
+    spec = spec.on_topic(f"{spec.topic}.bench-live")
     kafka_broker.create_topics({spec.topic: spec.partitions})
     bootstrap = kafka_broker.bootstrap()
     job = _live_job(spec, root)
@@ -622,7 +623,7 @@ def live_latency(
     try:
         # The first (empty) batch is planned and committed before any record is sent.
         t0 = _now()
-        while read_checkpoint(job.checkpoint, spec.topic) is None and _now() - t0 < 120:
+        while read_checkpoint(job.checkpoint) is None and _now() - t0 < 120:
             time.sleep(0.2)
         count = max(int(rate * seconds), 1)
         sent: dict[str, Any] = {}
@@ -799,7 +800,7 @@ def warmup(spark: SparkSession, spec: StreamSpec, root: Path, records: int = 5_0
     The first query in a JVM pays class loading and code generation; without this
     the phase that happens to run first would look slower than it is.
     """
-    spec = dataclasses.replace(spec, topic=f"{spec.topic}.bench-warmup")
+    spec = spec.on_topic(f"{spec.topic}.bench-warmup")
     produce_dataset(spec, records, settings().kafka_bootstrap)
     naive_spark(spark, spec.topic, root, records)
     replay(spark, spec, root, records, default_tables=False)

@@ -226,7 +226,7 @@ def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[st
         from riverdelta.lake import live_checkpoint
 
         health = compute_health(
-            live_checkpoint(spec.name), settings().kafka_bootstrap, spec.topic, now=now
+            live_checkpoint(spec.name), settings().kafka_bootstrap, spec.source, now=now
         )
         if is_stuck(health, spec.health["max_batch_age_seconds"]):
             reason = f"stuck: last batch {health.last_batch_age_seconds:.0f}s ago while lag is {health.lag_records}"

@@ -50,7 +50,7 @@ def stream_dag(spec: StreamSpec) -> DAG:
         },
         default_args={"retries": 0, "on_failure_callback": page},
         doc_md=(
-            f"### Stream `{name}`\n\nTopic `{spec.topic}` → tables "
+            f"### Stream `{name}`\n\nTopics `{spec.source}` → tables "
             + ", ".join(f"`{t}`" for t in tables.values())
             + f".\n\nEvery 3 minutes: reconcile the desired state, check health (max lag "
             f"{spec.health['max_lag_seconds']}s, max batch age {spec.health['max_batch_age_seconds']}s), "
@@ -172,7 +172,7 @@ def backfill_dag(spec: StreamSpec) -> DAG:
             f"### Backfill `{name}`\n\nTrigger with the form. Every run resolves the request into "
             "offsets per partition first (and refuses, before any write, what cannot be honoured: "
             "offsets lost to retention, to before from, unknown partitions, bad JSON, a backfill "
-            f"already running), then replays topic `{spec.topic}` with `Trigger.AvailableNow` "
+            f"already running), then replays `{spec.source}` with `Trigger.AvailableNow` "
             "and its own checkpoint through the live stream's transforms. `range` writes into "
             "the live tables beside the running stream; `rebuild` builds fresh tables, validates "
             "them, moves the live stream onto them (its pause is reported) and publishes them "

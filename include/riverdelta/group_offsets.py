@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from riverdelta.registry import TopicSource
 
 log = logging.getLogger("riverdelta.group_offsets")
 
@@ -50,31 +53,33 @@ def commit(stream: str, offsets: dict[str, dict[int, int]], timeout: float = 10.
         consumer.close()
 
 
-def committed(stream: str, topic: str, timeout: float = 10.0) -> dict[int, int]:
-    """partition -> offset the group holds (what the Kafka tools show as CURRENT-OFFSET)."""
+def committed(
+    stream: str, source: TopicSource | str, timeout: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> offset the group holds (the Kafka tools' CURRENT-OFFSET)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
     from riverdelta import kafka_client
     from riverdelta.health import end_offsets
     from riverdelta.settings import settings
 
-    parts = sorted(end_offsets(settings().kafka_bootstrap, topic))
+    parts = sorted(end_offsets(settings().kafka_bootstrap, source))
     request = ConsumerGroupTopicPartitions(
-        group_id(stream), [TopicPartition(topic, p) for p in parts]
+        group_id(stream), [TopicPartition(t, p) for t, p in parts]
     )
     admin = kafka_client.admin()
     futures = admin.list_consumer_group_offsets([request], request_timeout=timeout)
     result = futures[group_id(stream)].result()
-    return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+    return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.offset >= 0}
 
 
-def group_lag(stream: str, topic: str) -> int:
+def group_lag(stream: str, source: TopicSource | str) -> int:
     """LAG summed as ``kafka-consumer-groups --describe`` computes it: end - committed."""
     from riverdelta.health import end_offsets
     from riverdelta.settings import settings
 
-    held = committed(stream, topic)
-    ends = end_offsets(settings().kafka_bootstrap, topic)
+    held = committed(stream, source)
+    ends = end_offsets(settings().kafka_bootstrap, source)
     return sum(max(end - held.get(p, 0), 0) for p, end in ends.items())
 
 

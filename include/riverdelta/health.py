@@ -17,7 +17,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from riverdelta.registry import TopicSource
+
+# A topic-partition: every offset, lag and range is keyed by one (Spark's JSON nests them).
+TP = tuple[str, int]
+
+
+def nest(flat: dict[TP, Any]) -> dict[str, dict[str, Any]]:
+    """``{(topic, p): v}`` -> ``{topic: {"p": v}}``, the shape of Spark's offsets JSON."""
+    out: dict[str, dict[str, Any]] = {}
+    for (topic, part), value in sorted(flat.items()):
+        out.setdefault(topic, {})[str(part)] = value
+    return out
+
+
+def flatten(nested: dict[str, Any]) -> dict[TP, int]:
+    """``{topic: {"p": v}}`` -> ``{(topic, p): v}``; entries of another shape are skipped."""
+    return {
+        (topic, int(part)): int(value)
+        for topic, parts in (nested or {}).items()
+        if isinstance(parts, dict)
+        for part, value in parts.items()
+    }
+
 
 # --------------------------------------------------------------------------- checkpoint
 
@@ -25,7 +50,7 @@ from typing import Any
 @dataclass(frozen=True)
 class CheckpointState:
     last_committed_batch: int | None  # None: batches were planned but none committed yet
-    end_offsets: dict[int, int]  # of the last committed batch: the next offset to read
+    end_offsets: dict[TP, int]  # of the last committed batch: the next offset to read
     committed_at: float | None  # mtime of commits/<N>
     batch_timestamp_ms: int | None  # batchTimestampMs of the last committed batch
     latest_planned_batch: int | None  # max N in offsets/ (may be ahead by one, in flight)
@@ -94,10 +119,8 @@ def _batch_ids(names: list[str]) -> list[int]:
     return sorted(int(n) for n in names if n.isdigit())
 
 
-def parse_offsets_file(
-    text: str, topic: str | None = None
-) -> tuple[dict[str, Any], dict[int, int]]:
-    """(batch metadata, end offsets per partition of ``topic``) from an ``offsets/<N>`` file.
+def parse_offsets_file(text: str) -> tuple[dict[str, Any], dict[TP, int]]:
+    """(batch metadata, end offset per topic-partition) from an ``offsets/<N>`` file.
 
     Line 1 is the version, line 2 the metadata, then one line per source: its
     offsets JSON, or "-" for a source with none.
@@ -106,21 +129,15 @@ def parse_offsets_file(
     if not lines or not lines[0].startswith("v"):
         raise ValueError(f"not a streaming offsets file (first line {lines[:1]!r})")
     metadata = json.loads(lines[1]) if len(lines) > 1 and lines[1].strip() else {}
-    offsets: dict[int, int] = {}
+    offsets: dict[TP, int] = {}
     for line in lines[2:]:
         line = line.strip()
-        if not line or line == "-":
-            continue
-        source = json.loads(line)
-        if not isinstance(source, dict):
-            continue
-        for name, partitions in source.items():
-            if (topic is None or name == topic) and isinstance(partitions, dict):
-                offsets.update({int(p): int(o) for p, o in partitions.items()})
+        if line and line != "-" and isinstance(source := json.loads(line), dict):
+            offsets.update(flatten(source))
     return metadata, offsets
 
 
-def read_checkpoint(checkpoint_dir: str | Path, topic: str | None = None) -> CheckpointState | None:
+def read_checkpoint(checkpoint_dir: str | Path) -> CheckpointState | None:
     """The last committed batch of a Structured Streaming checkpoint.
 
     None when there is no checkpoint or nothing was ever planned; a state with
@@ -138,7 +155,7 @@ def read_checkpoint(checkpoint_dir: str | Path, topic: str | None = None) -> Che
     if not done:
         return CheckpointState(None, {}, None, None, planned[-1])
     last = done[-1]
-    metadata, offsets = parse_offsets_file(cp.read("offsets", str(last)), topic)
+    metadata, offsets = parse_offsets_file(cp.read("offsets", str(last)))
     ts = metadata.get("batchTimestampMs")
     return CheckpointState(
         last_committed_batch=last,
@@ -168,47 +185,70 @@ def _explain_refusal(bootstrap: str) -> None:
     kafka_client.check(kafka_client.config_for(bootstrap), timeout=3.0)
 
 
+def _source(source: TopicSource | str) -> TopicSource:
+    from riverdelta.registry import TopicSource
+
+    return TopicSource.of(source)
+
+
+def _partitions(consumer, bootstrap: str, source: TopicSource, timeout: float) -> list[TP]:
+    """Every partition of the source's topics now: a pattern is matched against the cluster."""
+    try:
+        listed = consumer.list_topics(
+            None if source.pattern else (source.topics[0] if len(source.topics) == 1 else None),
+            timeout=timeout,
+        ).topics
+    except Exception:
+        _explain_refusal(bootstrap)
+        raise
+    names = [t for t in listed if source.matches(t)] if source.pattern else source.topics
+    found: list[TP] = []
+    for topic in sorted(names):
+        meta = listed.get(topic)
+        if meta is None or meta.error is not None:
+            raise RuntimeError(f"topic {topic} not found on {bootstrap}: {meta and meta.error}")
+        found.extend((topic, p) for p in sorted(meta.partitions))
+    return found
+
+
+def source_topics(bootstrap: str, source: TopicSource | str, timeout: float = DEFAULT_TIMEOUT):
+    """The topics a source reads now (a pattern's matches may grow), sorted."""
+    consumer = _consumer(bootstrap)
+    try:
+        return sorted({t for t, _ in _partitions(consumer, bootstrap, _source(source), timeout)})
+    finally:
+        consumer.close()
+
+
 def watermarks(
-    bootstrap: str, topic: str, timeout: float = DEFAULT_TIMEOUT
-) -> dict[int, tuple[int, int]]:
-    """partition -> (earliest retained offset, high watermark)."""
+    bootstrap: str, source: TopicSource | str, timeout: float = DEFAULT_TIMEOUT
+) -> dict[TP, tuple[int, int]]:
+    """(topic, partition) -> (earliest retained offset, high watermark)."""
     from confluent_kafka import TopicPartition
 
     consumer = _consumer(bootstrap)
     try:
-        try:
-            meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        except Exception:
-            _explain_refusal(bootstrap)
-            raise
-        if meta is None or meta.error is not None:
-            raise RuntimeError(f"topic {topic} not found on {bootstrap}: {meta and meta.error}")
         return {
-            p: consumer.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=timeout, cached=False
+            (t, p): consumer.get_watermark_offsets(
+                TopicPartition(t, p), timeout=timeout, cached=False
             )
-            for p in sorted(meta.partitions)
+            for t, p in _partitions(consumer, bootstrap, _source(source), timeout)
         }
     finally:
         consumer.close()
 
 
-def end_offsets(bootstrap: str, topic: str, timeout: float = DEFAULT_TIMEOUT) -> dict[int, int]:
-    """partition -> high watermark (the offset the next record will get)."""
-    return {p: hi for p, (_, hi) in watermarks(bootstrap, topic, timeout).items()}
-
-
-def earliest_offsets(
-    bootstrap: str, topic: str, timeout: float = DEFAULT_TIMEOUT
-) -> dict[int, int]:
-    """partition -> earliest offset still retained."""
-    return {p: lo for p, (lo, _) in watermarks(bootstrap, topic, timeout).items()}
+def end_offsets(
+    bootstrap: str, source: TopicSource | str, timeout: float = DEFAULT_TIMEOUT
+) -> dict[TP, int]:
+    """(topic, partition) -> high watermark (the offset the next record will get)."""
+    return {tp: hi for tp, (_, hi) in watermarks(bootstrap, source, timeout).items()}
 
 
 def oldest_unprocessed_timestamps(
-    bootstrap: str, topic: str, positions: dict[int, int], timeout: float = DEFAULT_TIMEOUT
-) -> dict[int, float | None]:
-    """partition -> Kafka timestamp (seconds) of the record at ``positions[partition]``.
+    bootstrap: str, positions: dict[TP, int], timeout: float = DEFAULT_TIMEOUT
+) -> dict[TP, float | None]:
+    """(topic, partition) -> Kafka timestamp (seconds) of the record at its position.
 
     Pass only partitions with lag. None where no record could be read in time
     or the record carries no timestamp.
@@ -217,24 +257,25 @@ def oldest_unprocessed_timestamps(
         return {}
     from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, TopicPartition
 
-    found: dict[int, float | None] = dict.fromkeys(positions)
+    found: dict[TP, float | None] = dict.fromkeys(positions)
     # A position that expired meanwhile reads the oldest retained record, not the newest.
     consumer = _consumer(
         bootstrap, **{"enable.partition.eof": True, "auto.offset.reset": "earliest"}
     )
     try:
-        consumer.assign([TopicPartition(topic, p, off) for p, off in positions.items()])
+        consumer.assign([TopicPartition(t, p, off) for (t, p), off in positions.items()])
         pending = set(positions)
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
             msg = consumer.poll(min(1.0, max(0.0, deadline - time.monotonic())))
-            if msg is None or msg.partition() not in pending:
+            tp = (msg.topic(), msg.partition()) if msg is not None else None
+            if tp not in pending:
                 continue
-            pending.discard(msg.partition())
+            pending.discard(tp)
             if msg.error() is not None:
                 continue  # end of partition, or the record is gone: no timestamp
             kind, ms = msg.timestamp()
-            found[msg.partition()] = None if kind == TIMESTAMP_NOT_AVAILABLE else ms / 1000.0
+            found[tp] = None if kind == TIMESTAMP_NOT_AVAILABLE else ms / 1000.0
     finally:
         consumer.close()
     return found
@@ -246,14 +287,14 @@ def oldest_unprocessed_timestamps(
 @dataclass(frozen=True)
 class Health:
     checked_at: float
-    partition_lag: dict[int, int] = field(default_factory=dict)
+    partition_lag: dict[TP, int] = field(default_factory=dict)
     lag_records: int | None = None  # None: Kafka could not be asked
     lag_seconds: float | None = None  # age of the oldest unprocessed record; 0 without lag
     last_batch_id: int | None = None
     last_batch_age_seconds: float | None = None  # None: never committed
     latest_planned_batch_id: int | None = None
-    committed_offsets: dict[int, int] = field(default_factory=dict)
-    topic_end_offsets: dict[int, int] = field(default_factory=dict)
+    committed_offsets: dict[TP, int] = field(default_factory=dict)
+    topic_end_offsets: dict[TP, int] = field(default_factory=dict)
     input_rows_per_second: float | None = None
     processed_rows_per_second: float | None = None
     last_exception: str | None = None
@@ -261,9 +302,9 @@ class Health:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        # JSON object keys are strings; from_dict turns them back into partitions.
-        for key in ("partition_lag", "committed_offsets", "topic_end_offsets"):
-            data[key] = {str(p): v for p, v in data[key].items()}
+        # JSON object keys are strings: {topic: {partition: n}}, as Spark writes offsets.
+        for key in _OFFSET_FIELDS:
+            data[key] = nest(getattr(self, key))
         return data
 
     @classmethod
@@ -271,10 +312,13 @@ class Health:
         """Accepts a larger report (e.g. ``riverdelta status`` output) and takes its fields."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        for key in ("partition_lag", "committed_offsets", "topic_end_offsets"):
-            values[key] = {int(p): int(v) for p, v in (values.get(key) or {}).items()}
+        for key in _OFFSET_FIELDS:
+            values[key] = flatten(values.get(key) or {})
         values.setdefault("checked_at", time.time())
         return cls(**values)
+
+
+_OFFSET_FIELDS = ("partition_lag", "committed_offsets", "topic_end_offsets")
 
 
 def read_progress(path: Path | None) -> dict[str, Any]:
@@ -295,8 +339,8 @@ def _rate(value: Any) -> float | None:
 
 def assemble_health(
     state: CheckpointState | None,
-    watermarks_by_partition: dict[int, tuple[int, int]] | None,
-    timestamps: dict[int, float | None],
+    watermarks_by_partition: dict[TP, tuple[int, int]] | None,
+    timestamps: dict[TP, float | None],
     *,
     now: float,
     progress: dict[str, Any] | None = None,
@@ -309,7 +353,7 @@ def assemble_health(
     age = None
     if state is not None and state.committed_at is not None:
         age = max(0.0, now - state.committed_at)
-    partition_lag: dict[int, int] = {}
+    partition_lag: dict[TP, int] = {}
     lag_records: int | None = None
     lag_seconds: float | None = None
     if watermarks_by_partition is not None:
@@ -345,9 +389,9 @@ def assemble_health(
 
 
 def unprocessed_positions(
-    committed: dict[int, int], watermarks_by_partition: dict[int, tuple[int, int]]
-) -> dict[int, int]:
-    """partition -> offset of the next record to process.
+    committed: dict[TP, int], watermarks_by_partition: dict[TP, tuple[int, int]]
+) -> dict[TP, int]:
+    """(topic, partition) -> offset of the next record to process.
 
     A partition the checkpoint has no offset for (new, or nothing committed yet)
     counts from the earliest retained offset; a position below it (the records
@@ -363,30 +407,31 @@ def unprocessed_positions(
 def compute_health(
     checkpoint_dir: str | Path,
     bootstrap: str,
-    topic: str,
+    source: TopicSource | str,
     *,
     now: float | None = None,
     progress_file: Path | None = None,
-    watermarks_fn: Callable[[str, str], dict[int, tuple[int, int]]] = watermarks,
-    timestamps_fn: Callable[
-        [str, str, dict[int, int]], dict[int, float | None]
-    ] = oldest_unprocessed_timestamps,
+    watermarks_fn: Callable[[str, Any], dict[TP, tuple[int, int]]] = watermarks,
+    timestamps_fn: Callable[[str, dict[TP, int]], dict[TP, float | None]] = (
+        oldest_unprocessed_timestamps
+    ),
 ) -> Health:
     """Health of one stream; the Kafka look-ups are parameters so tests need no broker.
 
     An unreachable Kafka does not raise: the lag fields are None and
     ``kafka_error`` says why, and ``check_thresholds`` reports that as a breach.
+    A topic a pattern matches since the last batch is lag from its earliest offset.
     """
     now = time.time() if now is None else now
-    state = read_checkpoint(checkpoint_dir, topic)
-    marks: dict[int, tuple[int, int]] | None = None
-    timestamps: dict[int, float | None] = {}
+    state = read_checkpoint(checkpoint_dir)
+    marks: dict[TP, tuple[int, int]] | None = None
+    timestamps: dict[TP, float | None] = {}
     error = None
     try:
-        marks = watermarks_fn(bootstrap, topic)
+        marks = watermarks_fn(bootstrap, source)
         positions = unprocessed_positions(state.end_offsets if state else {}, marks)
-        lagging = {p: pos for p, pos in positions.items() if marks[p][1] > pos}
-        timestamps = timestamps_fn(bootstrap, topic, lagging)
+        lagging = {tp: pos for tp, pos in positions.items() if marks[tp][1] > pos}
+        timestamps = timestamps_fn(bootstrap, lagging)
     except Exception as exc:
         # Health checks run where Kafka may be down; that is a finding, not a crash.
         error = f"{type(exc).__name__}: {exc}"

@@ -32,8 +32,9 @@ from pyspark.sql import functions as F
 
 from riverdelta import storage
 from riverdelta import transforms as T
+from riverdelta.health import TP, flatten, nest
 from riverdelta.lake import TableSet, checkpoint_path, live_checkpoint, ops_path
-from riverdelta.registry import StreamSpec, parse_duration
+from riverdelta.registry import StreamSpec, TopicSource, parse_duration
 from riverdelta.settings import settings
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class IngestJob:
     checkpoint: str
     app_id: str
     batches_path: str
-    until: dict[int, int] | None = None  # exclusive end offset per partition (range backfills)
+    until: dict[TP, int] | None = None  # exclusive end offset per topic-partition (ranges)
     skip_present: bool = False  # range backfill into live tables
     state: DriverState = field(default_factory=DriverState, compare=False, repr=False)
 
@@ -93,12 +94,19 @@ class IngestJob:
 
 
 def checkpoint_marker(checkpoint: str) -> dict | None:
-    """The checkpoint's Riverdelta marker (stream, topic, mode, app id), None if unclaimed."""
+    """The checkpoint's Riverdelta marker (stream, source, mode, app id), None if unclaimed."""
     fs, path = storage.filesystem(checkpoint)
     marker = f"{path}/{MARKER}"
     if not fs.exists(marker):
         return None
     return json.loads(fs.cat_file(marker))
+
+
+def _marked_source(marker: dict) -> str:
+    """The source a marker records; markers written before several topics name one 'topic'."""
+    if "topic" in marker:
+        return str(TopicSource((marker["topic"],)))
+    return str(TopicSource(tuple(marker.get("topics") or ()), marker.get("topic_pattern")))
 
 
 def claim_checkpoint(checkpoint: str, spec: StreamSpec, mode: str) -> str:
@@ -110,11 +118,19 @@ def claim_checkpoint(checkpoint: str, spec: StreamSpec, mode: str) -> str:
     """
     data = checkpoint_marker(checkpoint)
     if data is not None:
-        if data.get("stream") != spec.name or data.get("topic") != spec.topic:
+        if data.get("stream") != spec.name:
             raise CheckpointMismatchError(
-                f"checkpoint {checkpoint} belongs to stream {data.get('stream')!r} (topic "
-                f"{data.get('topic')!r}), not to {spec.name!r} (topic {spec.topic!r}). "
+                f"checkpoint {checkpoint} belongs to stream {data.get('stream')!r} "
+                f"({_marked_source(data)}), not to {spec.name!r} ({spec.source}). "
                 "Point --checkpoint at this stream's own checkpoint."
+            )
+        if _marked_source(data) != str(spec.source):
+            # Spark does not support changing a Kafka query's subscription on its checkpoint.
+            raise CheckpointMismatchError(
+                f"checkpoint {checkpoint} of stream {spec.name!r} reads {_marked_source(data)}, "
+                f"but the registry now says {spec.source}. A changed source needs a new "
+                "checkpoint: `riverdelta stop`, move the old one aside, start again (it "
+                "resumes after what the tables hold)."
             )
         return data["app_id"]
     fs, path = storage.filesystem(checkpoint)
@@ -125,7 +141,13 @@ def claim_checkpoint(checkpoint: str, spec: StreamSpec, mode: str) -> str:
         )
     fs.makedirs(path, exist_ok=True)
     app_id = f"riverdelta-{spec.name}-{mode}-{uuid.uuid4().hex[:12]}"
-    marker = {"stream": spec.name, "topic": spec.topic, "mode": mode, "app_id": app_id}
+    marker = {
+        "stream": spec.name,
+        "topics": list(spec.topics),
+        "topic_pattern": spec.topic_pattern,
+        "mode": mode,
+        "app_id": app_id,
+    }
     fs.pipe_file(f"{path}/{MARKER}", json.dumps(marker).encode())
     return app_id
 
@@ -388,19 +410,24 @@ def stop_gold(job: IngestJob, timeout: float = 600.0) -> None:
         job.state.gold = None
 
 
-def _within(bounds: dict[int, tuple[int, int]]):
-    """Rows whose (partition, offset) fall in the per-partition [lo, hi] bounds."""
+def _on(tp: TP):
+    return (F.col("topic") == tp[0]) & (F.col("partition") == tp[1])
+
+
+def _within(bounds: dict[TP, tuple[int, int]]):
+    """Rows whose offset falls in their topic-partition's [lo, hi] bounds."""
     cond = None
-    for p, (lo, hi) in bounds.items():
-        c = (F.col("partition") == p) & F.col("offset").between(lo, hi)
+    for tp, (lo, hi) in bounds.items():
+        c = _on(tp) & F.col("offset").between(lo, hi)
         cond = c if cond is None else cond | c
     return cond if cond is not None else F.lit(False)
 
 
-def _before(until: dict[int, int]):
+def _before(until: dict[TP, int]):
+    """Rows before their topic-partition's end; a partition the range does not name has none."""
     cond = None
-    for p, end in until.items():
-        c = (F.col("partition") == p) & (F.col("offset") < end)
+    for tp, end in until.items():
+        c = _on(tp) & (F.col("offset") < end)
         cond = c if cond is None else cond | c
     return cond if cond is not None else F.lit(False)
 
@@ -411,7 +438,7 @@ COORDS = ["topic", "partition", "offset"]
 def split_present(
     spark: SparkSession,
     raw: DataFrame,
-    bounds: dict[int, tuple[int, int]],
+    bounds: dict[TP, tuple[int, int]],
     job: IngestJob,
     batch_id: int,
 ) -> tuple[DataFrame, DataFrame]:
@@ -436,7 +463,7 @@ def split_present(
 def resolve_quarantined(
     spark: SparkSession,
     present: DataFrame,
-    bounds: dict[int, tuple[int, int]],
+    bounds: dict[TP, tuple[int, int]],
     job: IngestJob,
     batch_id: int,
 ) -> DataFrame:
@@ -509,8 +536,8 @@ def process_batch(job: IngestJob, raw_df: DataFrame, batch_id: int) -> dict:
     present = fixed = fresh = validated = None
     try:
         bounds = {
-            r["partition"]: (r["lo"], r["hi"])
-            for r in raw.groupBy("partition")
+            (r["topic"], r["partition"]): (r["lo"], r["hi"])
+            for r in raw.groupBy("topic", "partition")
             .agg(F.min("offset").alias("lo"), F.max("offset").alias("hi"))
             .collect()
         }
@@ -582,8 +609,9 @@ def process_batch(job: IngestJob, raw_df: DataFrame, batch_id: int) -> dict:
             "late": int(observed["late"] or 0),
             "schema_drift": int(observed["drift"] or 0),
             "max_event_time": hwm,
+            # {topic: {partition: [first, last]}}: the batch's inclusive offset ranges.
             "offsets": json.dumps(
-                {str(p): [lo, hi] for p, (lo, hi) in bounds.items()}, sort_keys=True
+                nest({tp: [lo, hi] for tp, (lo, hi) in bounds.items()}), sort_keys=True
             ),
             "already_present": n_present,
             "resolved": n_resolved,
@@ -767,14 +795,14 @@ def passed_until(job: IngestJob) -> bool:
 
     if job.until is None:
         return False
-    state = read_checkpoint(job.checkpoint, job.spec.topic)
+    state = read_checkpoint(job.checkpoint)
     if state is None or state.last_committed_batch is None:
         return False
-    return all(state.end_offsets.get(p, -1) >= u for p, u in job.until.items())
+    return all(state.end_offsets.get(tp, -1) >= u for tp, u in job.until.items())
 
 
-def held_offsets(spark: SparkSession, job: IngestJob) -> dict[int, int]:
-    """partition -> next offset after what these tables' bronze already holds.
+def held_offsets(spark: SparkSession, job: IngestJob) -> dict[TP, int]:
+    """(topic, partition) -> next offset after what these tables' bronze already holds.
 
     The tables are the ledger (as kafka-delta-ingest's per-partition txn versions
     are): a writer on a new checkpoint must start after them, or it writes every
@@ -785,12 +813,11 @@ def held_offsets(spark: SparkSession, job: IngestJob) -> dict[int, int]:
     rows = (
         spark.read.format("delta")
         .load(job.tables["bronze"])
-        .where(F.col("topic") == job.spec.topic)
-        .groupBy("partition")
+        .groupBy("topic", "partition")
         .agg(F.max("offset").alias("hi"))
         .collect()
     )
-    return {int(r["partition"]): int(r["hi"]) + 1 for r in rows}
+    return {(r["topic"], int(r["partition"])): int(r["hi"]) + 1 for r in rows}
 
 
 def _checkpoint_is_new(checkpoint: str) -> bool:
@@ -800,7 +827,7 @@ def _checkpoint_is_new(checkpoint: str) -> bool:
 
 
 def resume_options(
-    asked: dict[str, str], held: dict[int, int], partitions: list[int], topic: str
+    asked: dict[str, str], held: dict[TP, int], partitions: list[TP]
 ) -> dict[str, str]:
     """Kafka start options for a new checkpoint over tables that hold ``held``.
 
@@ -811,16 +838,15 @@ def resume_options(
     """
     if not held or asked.get("startingOffsets", "latest") == "latest":
         return asked
-    wanted: dict[int, int] = {p: -2 for p in partitions}
+    wanted: dict[TP, int] = dict.fromkeys(partitions, -2)
     if asked["startingOffsets"] != "earliest":
-        given = json.loads(asked["startingOffsets"]).get(topic, {})
-        wanted.update({int(p): int(o) for p, o in given.items()})
+        wanted.update(flatten(json.loads(asked["startingOffsets"])))
     start = {}
-    for p, o in sorted(wanted.items()):
-        h = held.get(p)
+    for tp, o in sorted(wanted.items()):
+        h = held.get(tp)
         # -2 (earliest) and -1 (latest) are markers, not positions: held wins over earliest.
-        start[str(p)] = h if h is not None and (o == -2 or 0 <= o < h) else o
-    return {"startingOffsets": json.dumps({topic: start})}
+        start[tp] = h if h is not None and (o == -2 or 0 <= o < h) else o
+    return {"startingOffsets": json.dumps(nest(start))}
 
 
 def _initial_offsets(spark: SparkSession, job: IngestJob, starting: str | None) -> dict[str, str]:
@@ -833,19 +859,26 @@ def _initial_offsets(spark: SparkSession, job: IngestJob, starting: str | None) 
         return start
     from riverdelta.health import watermarks
 
-    bootstrap, topic = settings().kafka_bootstrap, job.spec.topic
-    marks = watermarks(bootstrap, topic)
+    bootstrap = settings().kafka_bootstrap
+    marks = watermarks(bootstrap, job.spec.source)
     if "startingTimestamp" in start:
         from riverdelta.backfill import offsets_for_time
 
         at = int(start["startingTimestamp"]) / 1000
-        found = offsets_for_time(
-            bootstrap, topic, sorted(marks), at, {p: hi for p, (_, hi) in marks.items()}
-        )
-        start = {"startingOffsets": json.dumps({topic: {str(p): o for p, o in found.items()}})}
-    resumed = resume_options(start, held, sorted(marks), topic)
+        found = offsets_for_time(bootstrap, at, {tp: hi for tp, (_, hi) in marks.items()})
+        start = {"startingOffsets": json.dumps(nest(found))}
+    resumed = resume_options(start, held, sorted(marks))
     log.info("new checkpoint over tables that hold data up to %s: starting at %s", held, resumed)
     return resumed
+
+
+def subscription(spec: StreamSpec) -> dict[str, str]:
+    """The Kafka source's subscribe options: named topics, or a pattern Spark re-lists."""
+    if spec.topic_pattern is not None:
+        # Spark lists the cluster's topics at every trigger: a matching topic created
+        # later is read from its earliest offset (as a new partition is).
+        return {"subscribePattern": spec.topic_pattern}
+    return {"subscribe": ",".join(spec.topics)}
 
 
 def start_query(
@@ -862,7 +895,7 @@ def start_query(
     reader = (
         spark.readStream.format("kafka")
         .options(**kafka_client.client_config().spark_options())
-        .option("subscribe", job.spec.topic)
+        .options(**subscription(job.spec))
         .options(**start)
     )
     # Bounded batches: a backlog is worked through in batches the health check's batch

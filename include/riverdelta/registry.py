@@ -80,6 +80,8 @@ DEFAULT_TRIGGER = "2 seconds"
 _STREAM_KEYS = frozenset(
     {
         "topic",
+        "topics",
+        "topic_pattern",
         "partitions",
         "key",
         "id_column",
@@ -204,9 +206,31 @@ class MaintenanceSpec:
 
 
 @dataclass(frozen=True)
+class TopicSource:
+    """What a stream reads: named topics, or every topic whose whole name matches a pattern."""
+
+    topics: tuple[str, ...] = ()
+    pattern: str | None = None
+
+    @classmethod
+    def of(cls, source: TopicSource | str) -> TopicSource:
+        return source if isinstance(source, TopicSource) else cls((source,))
+
+    def matches(self, topic: str) -> bool:
+        if self.pattern is not None:
+            # Kafka's own topics are never a stream's (the Java consumer excludes them too).
+            return not topic.startswith("__") and re.fullmatch(self.pattern, topic) is not None
+        return topic in self.topics
+
+    def __str__(self) -> str:
+        return f"topics matching {self.pattern!r}" if self.pattern else ", ".join(self.topics)
+
+
+@dataclass(frozen=True)
 class StreamSpec:
     name: str
-    topic: str
+    # The source: named topics (``topic: a`` is ``topics: [a]``), or a pattern, never both.
+    topics: tuple[str, ...]
     partitions: int
     key: str
     id_column: str
@@ -224,6 +248,31 @@ class StreamSpec:
     # Bound on one live batch: a backlog is worked through in batches of this size.
     max_offsets_per_trigger: int = 100_000
     maintenance: MaintenanceSpec = field(default_factory=lambda: MaintenanceSpec("0 3 * * *"))
+    # A regular expression a whole topic name must match (Spark's subscribePattern):
+    # topics created later that match are read and reported too.
+    topic_pattern: str | None = None
+
+    @property
+    def topic(self) -> str:
+        """The one topic a producer writes this stream's events to (the first named one)."""
+        if not self.topics:
+            raise ValueError(
+                f"stream {self.name!r} reads topics matching {self.topic_pattern!r}: "
+                "name the topic to write to"
+            )
+        return self.topics[0]
+
+    @property
+    def source(self) -> TopicSource:
+        return TopicSource(self.topics, self.topic_pattern)
+
+    def matches(self, topic: str) -> bool:
+        """Whether ``topic`` is one of this stream's sources."""
+        return self.source.matches(topic)
+
+    def on_topic(self, topic: str) -> StreamSpec:
+        """The same stream reading ``topic`` alone (tests and benchmarks use their own)."""
+        return replace(self, topics=(topic,), topic_pattern=None)
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -266,7 +315,8 @@ class Registry:
         """Every topic the registry names -> partitions: sources, gold sinks, sink markers."""
         out: dict[str, int] = {}
         for spec in self.streams.values():
-            out[spec.topic] = spec.partitions
+            # A pattern's topics belong to whoever creates them; named ones are created.
+            out.update(dict.fromkeys(spec.topics, spec.partitions))
             for gold in spec.gold:
                 if gold.kafka_sink is not None:
                     out[gold.kafka_sink.topic] = gold.kafka_sink.partitions
@@ -327,13 +377,20 @@ def parse_registry(data: Any, path: Path | str = "<registry>") -> Registry:
         str(name): _parse_stream(str(name), _merge(defaults, raw, where, str(name)), where)
         for name, raw in streams.items()
     }
+    _refuse_shared_topics(specs, where)
+    return Registry(path=Path(path), streams=specs)
+
+
+def _refuse_shared_topics(specs: dict[str, StreamSpec], where: str) -> None:
+    """A topic is read by one stream and written by one sink: anything else mixes data."""
     topics: dict[str, str] = {}
     for spec in specs.values():
-        if spec.topic in topics:
-            raise ContractError(
-                f"{where}: streams {topics[spec.topic]!r} and {spec.name!r} share topic {spec.topic!r}"
-            )
-        topics[spec.topic] = spec.name
+        for topic in spec.topics:
+            if topic in topics:
+                raise ContractError(
+                    f"{where}: streams {topics[topic]!r} and {spec.name!r} share topic {topic!r}"
+                )
+            topics[topic] = spec.name
     used = {t: f"stream {n!r} as its source" for t, n in topics.items()}
     for spec in specs.values():
         for gold in spec.gold:
@@ -347,7 +404,16 @@ def parse_registry(data: Any, path: Path | str = "<registry>") -> Registry:
                         f"{where}: {owner}: topic {t!r} is already used by {used[t]}"
                     )
                 used[t] = owner
-    return Registry(path=Path(path), streams=specs)
+    # Two patterns may overlap only on topics nobody names yet: the driver checks those.
+    for spec in specs.values():
+        if spec.topic_pattern is None:
+            continue
+        for t, owner in used.items():
+            if spec.matches(t) and topics.get(t) != spec.name:
+                raise ContractError(
+                    f"{where}: stream {spec.name!r}: topic_pattern {spec.topic_pattern!r} "
+                    f"matches topic {t!r}, already used by {owner}; narrow the pattern"
+                )
 
 
 def _merge(defaults: dict, raw: Any, where: str, name: str) -> dict:
@@ -371,33 +437,45 @@ class _Ctx:
         return ContractError(f"{self.where}: {at}: {problem}")
 
 
-def _refuse_several_topics(ctx: _Ctx, raw: dict) -> None:
-    """``topics`` / ``topic_pattern`` are recognised to be refused clearly, not as unknown keys.
-
-    Offsets, lag, backfills and the checkpoint marker are still keyed by partition
-    of one topic: a stream over several topics would mix their partitions.
-    """
+def _parse_source(ctx: _Ctx, raw: dict) -> tuple[tuple[str, ...], str | None]:
+    """(named topics, pattern) from exactly one of ``topic``, ``topics``, ``topic_pattern``."""
     named = [k for k in ("topic", "topics", "topic_pattern") if k in raw]
-    if len(named) > 1:
-        raise ctx.error(f"name one of 'topic', 'topics' or 'topic_pattern', not {named}")
-    if named and named[0] != "topic":
+    if len(named) != 1:
         raise ctx.error(
-            f"{named[0]!r}: several topics per stream are not supported yet; name one 'topic'"
+            "name exactly one of 'topic', 'topics' or 'topic_pattern'"
+            + (f", not {named}" if named else "")
         )
+    if "topic_pattern" in raw:
+        pattern = _str(ctx, raw, "topic_pattern")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ctx.error(
+                f"topic_pattern {pattern!r} is not a regular expression: {exc}"
+            ) from None
+        return (), pattern
+    values = [raw["topic"]] if "topic" in raw else raw["topics"]
+    if not isinstance(values, list) or not values:
+        raise ctx.error(f"'topics' must be a non-empty list of topic names, got {values!r}")
+    for t in values:
+        if not isinstance(t, str) or not _TOPIC.match(t) or t in (".", ".."):
+            raise ctx.error(f"topic {t!r} is not a Kafka topic name ([A-Za-z0-9._-], at most 249)")
+    if len(set(values)) != len(values):
+        raise ctx.error(f"'topics' names a topic twice: {values}")
+    return tuple(values), None
 
 
 def _parse_stream(name: str, raw: dict, where: str) -> StreamSpec:
     ctx = _Ctx(where, name)
     if not _STREAM_NAME.match(name):
         raise ctx.error("stream names are lower-case identifiers ([a-z][a-z0-9_]*)")
-    _refuse_several_topics(ctx, raw)
     unknown = set(raw) - _STREAM_KEYS
     if unknown:
         raise ctx.error(f"unknown keys {sorted(unknown)}; expected some of {sorted(_STREAM_KEYS)}")
-    for key in ("topic", "key", "id_column", "event_time_column", "watermark", "contract"):
+    topics, pattern = _parse_source(ctx, raw)
+    for key in ("key", "id_column", "event_time_column", "watermark", "contract"):
         if raw.get(key) in (None, ""):
             raise ctx.error(f"missing {key!r}")
-    topic = _str(ctx, raw, "topic")
     contract = raw["contract"]
     if not isinstance(contract, dict) or not isinstance(contract.get("fields"), list):
         raise ctx.error("'contract' must be a mapping with a 'fields' list")
@@ -430,7 +508,8 @@ def _parse_stream(name: str, raw: dict, where: str) -> StreamSpec:
         )
     spec = StreamSpec(
         name=name,
-        topic=topic,
+        topics=topics,
+        topic_pattern=pattern,
         partitions=_positive_int(ctx, raw, "partitions", default=3),
         key=key_field.name,
         id_column=id_field.name,

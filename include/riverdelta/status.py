@@ -22,7 +22,7 @@ def stream_status(stream: str, now: float | None = None) -> dict[str, Any]:
     health = compute_health(
         live_checkpoint(spec.name),
         settings().kafka_bootstrap,
-        spec.topic,
+        spec.source,
         now=now,
         progress_file=progress_file(spec.name),
     )
@@ -31,7 +31,9 @@ def stream_status(stream: str, now: float | None = None) -> dict[str, Any]:
     window = control.RestartPolicy.for_stream(spec).window_seconds
     return {
         "stream": spec.name,
-        "topic": spec.topic,
+        "source": str(spec.source),
+        # What is read now: a pattern's topics are the ones the cluster has at this check.
+        "topics": sorted({t for t, _ in health.topic_end_offsets}) or list(spec.topics),
         "desired": state.desired,
         "actual": actual,
         "crash_loop": state.crash_loop,

@@ -44,9 +44,24 @@ def _not_null(columns: tuple[str, ...] | list[str], why: str) -> list[dict[str, 
     return [_exp("expect_column_values_to_not_be_null", why, column=c) for c in columns]
 
 
+def _own_topics(spec: StreamSpec, layer: str) -> dict[str, Any]:
+    why = f"A stream's {layer} holds its own topics only."
+    if spec.topic_pattern is not None:
+        # GX matches with Python's re.search: anchored here to mean what Spark's whole match does.
+        return _exp(
+            "expect_column_values_to_match_regex",
+            why,
+            column="topic",
+            regex=f"^(?:{spec.topic_pattern})$",
+        )
+    return _exp(
+        "expect_column_values_to_be_in_set", why, column="topic", value_set=list(spec.topics)
+    )
+
+
 def _bronze(spec: StreamSpec) -> dict[str, Any]:
     return {
-        "notes": f"Raw Kafka records of {spec.topic}, one row per offset.",
+        "notes": f"Raw Kafka records of {spec.source}, one row per offset.",
         "expectations": [
             *_not_null(
                 BRONZE_LINEAGE, "Every record comes from a Kafka position and an ingest batch."
@@ -56,12 +71,7 @@ def _bronze(spec: StreamSpec) -> dict[str, Any]:
                 "One row per Kafka offset: a duplicate means an ingest batch was written twice.",
                 column_list=["topic", "partition", "offset"],
             ),
-            _exp(
-                "expect_column_values_to_be_in_set",
-                "A stream's bronze holds its own topic only.",
-                column="topic",
-                value_set=[spec.topic],
-            ),
+            _own_topics(spec, "bronze"),
             _exp(
                 "expect_column_values_to_be_between",
                 "Kafka partitions are numbered from 0.",
@@ -93,12 +103,7 @@ def _quarantine(spec: StreamSpec) -> dict[str, Any]:
                 column="reason",
                 value_set=list(REASONS),
             ),
-            _exp(
-                "expect_column_values_to_be_in_set",
-                "A stream's quarantine holds its own topic only.",
-                column="topic",
-                value_set=[spec.topic],
-            ),
+            _own_topics(spec, "quarantine"),
         ],
     }
 

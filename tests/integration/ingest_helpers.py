@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from riverdelta.registry import StreamSpec, load_registry
 
 
 def spec_on_topic(stream: str, topic: str) -> StreamSpec:
-    return dataclasses.replace(load_registry().get(stream), topic=topic)
+    return load_registry().get(stream).on_topic(topic)
 
 
 def run_replay(

@@ -175,7 +175,7 @@ def test_refusals_change_nothing_and_dry_run_reports(airflow_db, stream_registry
     dry = last_backfill(name)
     assert dry["outcome"] == "dry_run"
     assert dry["detail"]["records"] == 290  # 300 sent, 10 deleted by retention
-    assert dry["detail"]["partitions"] == [0, 1, 2]
+    assert dry["detail"]["partitions"] == [[spec.topic, p] for p in (0, 1, 2)]
     assert dry["detail"]["first_timestamp"] <= dry["detail"]["last_timestamp"]
     assert table_versions(name) == before
 

@@ -327,14 +327,15 @@ def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path
         assert r["records_in"] + r["resolved"] == r["silver"] + r["duplicates"] + r["quarantined"]
     # The batches' offset ranges tile every partition from 0 to its end: nothing
     # skipped or read twice across the failover.
-    ranges: dict[str, list[tuple[int, int]]] = {}
+    ranges: dict[tuple[str, int], list[tuple[int, int]]] = {}
     for r in rows:
-        for part, (lo, hi) in json.loads(r["offsets"]).items():
-            ranges.setdefault(part, []).append((lo, hi))
-    for part, spans in ranges.items():
+        for t, parts in json.loads(r["offsets"]).items():
+            for part, (lo, hi) in parts.items():
+                ranges.setdefault((t, int(part)), []).append((lo, hi))
+    for tp, spans in ranges.items():
         assert spans[0][0] == 0
         assert all(b[0] == a[1] + 1 for a, b in pairwise(spans)), spans
-        assert spans[-1][1] + 1 == final.topic_end_offsets[int(part)], (part, spans)
+        assert spans[-1][1] + 1 == final.topic_end_offsets[tp], (tp, spans)
     assert sum(spans[-1][1] + 1 for spans in ranges.values()) == acked
     record.update(
         bronze=counts["bronze"],

@@ -116,7 +116,7 @@ def _grep_files(root: Path, needle: str) -> list[str]:
 def test_sasl_ssl_live_ingest_lag_backfill_and_no_leak(secured, spark, tmp_path, monkeypatch):
     from riverdelta import backfill, group_offsets, kafka_broker, procs
     from riverdelta.generator import produce
-    from riverdelta.health import compute_health
+    from riverdelta.health import compute_health, nest
     from riverdelta.ingest import make_job
     from riverdelta.kafka_client import client_config
     from riverdelta.lake import live_checkpoint
@@ -186,7 +186,7 @@ def test_sasl_ssl_live_ingest_lag_backfill_and_no_leak(secured, spark, tmp_path,
     run_id = f"sec-{uuid.uuid4().hex[:6]}"
     p = backfill.plan(stream, mode="range", from_="earliest", to="latest", run_id=run_id)
     # The range stops at what the live stream committed: the 120 new records are its to ingest.
-    assert p["range"]["end"] == {str(k): v for k, v in health.committed_offsets.items()}
+    assert p["range"]["end"] == nest(health.committed_offsets)
     try:
         result = backfill.replay(p)
     finally:

@@ -137,7 +137,7 @@ def test_s3a_root(s3_root, stream_registry, kafka):
     # Health reads the checkpoint's offsets and commits from the bucket.
     checkpoint = checkpoint_path(stream, "replay")
     assert checkpoint.startswith("s3a://")
-    state = health.read_checkpoint(checkpoint, spec.topic)
+    state = health.read_checkpoint(checkpoint)
     assert state is not None and state.last_committed_batch is not None
     assert state.end_offsets == health.end_offsets(kafka, spec.topic)
 

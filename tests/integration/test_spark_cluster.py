@@ -88,7 +88,7 @@ def _lag(job, topic: str) -> int:
     from riverdelta.health import end_offsets, read_checkpoint
     from riverdelta.settings import settings
 
-    state = read_checkpoint(job.checkpoint, topic)
+    state = read_checkpoint(job.checkpoint)
     done = state.end_offsets if state else {}
     ends = end_offsets(settings().kafka_bootstrap, topic)
     return sum(max(end - done.get(p, 0), 0) for p, end in ends.items())

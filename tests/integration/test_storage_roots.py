@@ -56,7 +56,7 @@ def test_file_uri_root(spark, kafka, topic, file_root):
     assert (file_root / "_checkpoints" / "transactions" / "replay" / "commits").is_dir()
 
     # Health reads the file:// checkpoint: it committed up to the topic's end.
-    state = health.read_checkpoint(job.checkpoint, topic)
+    state = health.read_checkpoint(job.checkpoint)
     assert state is not None and state.last_committed_batch is not None
     assert state.end_offsets == health.end_offsets(kafka, topic)
     assert sum(state.end_offsets.values()) == 400

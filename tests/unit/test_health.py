@@ -22,6 +22,13 @@ from riverdelta.health import (
 pytestmark = pytest.mark.unit
 
 TOPIC = "orders"
+
+
+def tps(by_partition: dict[int, object], topic: str = TOPIC) -> dict[tuple[str, int], object]:
+    """{partition: v} of TOPIC -> {(topic, partition): v}, the key every look-up uses."""
+    return {(topic, p): v for p, v in by_partition.items()}
+
+
 NOW = 1_748_772_600.0
 CONF = {
     "spark.sql.streaming.stateStore.providerClass": (
@@ -83,7 +90,7 @@ def test_read_checkpoint(checkpoint):
     state = read_checkpoint(checkpoint)
     assert state is not None
     assert state.last_committed_batch == 2
-    assert state.end_offsets == {0: 37, 1: 35, 2: 40}
+    assert state.end_offsets == tps({0: 37, 1: 35, 2: 40})
     assert state.committed_at == pytest.approx(NOW - 90)
     assert state.batch_timestamp_ms == int((NOW - 90) * 1000) - 1500
     assert state.latest_planned_batch == 3
@@ -111,9 +118,9 @@ def test_parse_offsets_file_several_sources():
         'v1\n{"batchWatermarkMs":5,"batchTimestampMs":1000,"conf":{}}\n'
         '{"orders":{"0":7,"1":8},"payments":{"0":99}}\n-\n'
     )
-    meta, offsets = parse_offsets_file(text, "orders")
+    meta, offsets = parse_offsets_file(text)
     assert meta["batchTimestampMs"] == 1000
-    assert offsets == {0: 7, 1: 8}
+    assert offsets == {("orders", 0): 7, ("orders", 1): 8, ("payments", 0): 99}
     with pytest.raises(ValueError):
         parse_offsets_file("not a checkpoint")
 
@@ -124,13 +131,13 @@ def test_parse_offsets_file_several_sources():
 def fake_kafka(marks: dict[int, tuple[int, int]], stamps: dict[int, float | None]):
     seen: dict[str, dict[int, int]] = {}
 
-    def watermarks_fn(bootstrap: str, topic: str):
-        assert topic == TOPIC
-        return marks
+    def watermarks_fn(bootstrap: str, source: str):
+        assert source == TOPIC
+        return tps(marks)
 
-    def timestamps_fn(bootstrap: str, topic: str, positions: dict[int, int]):
-        seen["positions"] = dict(positions)
-        return {p: stamps.get(p) for p in positions}
+    def timestamps_fn(bootstrap: str, positions: dict[tuple[str, int], int]):
+        seen["positions"] = {p: off for (_, p), off in positions.items()}
+        return {tp: stamps.get(tp[1]) for tp in positions}
 
     return watermarks_fn, timestamps_fn, seen
 
@@ -159,7 +166,7 @@ def test_compute_health_lag_and_age(checkpoint, tmp_path):
         watermarks_fn=wm,
         timestamps_fn=ts,
     )
-    assert health.partition_lag == {0: 15, 1: 0, 2: 1, 3: 4}
+    assert health.partition_lag == tps({0: 15, 1: 0, 2: 1, 3: 4})
     assert health.lag_records == 20
     # Partitions without lag are not read; partition 3 counts from its earliest offset.
     assert seen["positions"] == {0: 37, 2: 40, 3: 5}
@@ -184,7 +191,7 @@ def test_never_committed_counts_from_earliest(tmp_path):
     write_batch(tmp_path, 0, {0: 100, 1: 100}, committed=False)
     wm, ts, seen = fake_kafka({0: (20, 100), 1: (0, 0)}, {0: NOW - 60})
     health = compute_health(tmp_path, "k", TOPIC, now=NOW, watermarks_fn=wm, timestamps_fn=ts)
-    assert health.partition_lag == {0: 80, 1: 0}
+    assert health.partition_lag == tps({0: 80, 1: 0})
     assert seen["positions"] == {0: 20}
     assert health.last_batch_id is None
     assert health.last_batch_age_seconds is None
@@ -193,10 +200,30 @@ def test_never_committed_counts_from_earliest(tmp_path):
 
 
 def test_expired_position_counts_from_earliest_retained():
-    assert unprocessed_positions({0: 5, 1: 50}, {0: (30, 90), 1: (10, 60), 2: (0, 3)}) == {
-        0: 30,
-        1: 50,
-        2: 0,
+    positions = unprocessed_positions(
+        tps({0: 5, 1: 50}), tps({0: (30, 90), 1: (10, 60), 2: (0, 3)})
+    )
+    assert positions == tps({0: 30, 1: 50, 2: 0})
+
+
+def test_a_topic_a_pattern_picks_up_later_is_lag_from_its_earliest_offset(checkpoint):
+    marks = {**tps({0: (0, 37), 1: (0, 35), 2: (0, 40)}), ("orders.eu", 0): (4, 10)}
+
+    def watermarks_fn(bootstrap, source):
+        return marks
+
+    def timestamps_fn(bootstrap, positions):
+        assert positions == {("orders.eu", 0): 4}
+        return {("orders.eu", 0): NOW - 30}
+
+    health = compute_health(
+        checkpoint, "k", TOPIC, now=NOW, watermarks_fn=watermarks_fn, timestamps_fn=timestamps_fn
+    )
+    assert (health.lag_records, health.lag_seconds) == (6, pytest.approx(30))
+    assert health.partition_lag[("orders.eu", 0)] == 6
+    assert health.to_dict()["partition_lag"] == {
+        "orders": {"0": 0, "1": 0, "2": 0},
+        "orders.eu": {"0": 6},
     }
 
 
@@ -230,13 +257,13 @@ def test_progress_file_exception_and_garbage(checkpoint, tmp_path):
 def test_health_round_trips_through_a_status_report():
     health = Health(
         checked_at=NOW,
-        partition_lag={0: 3, 1: 0},
+        partition_lag={**tps({0: 3, 1: 0}), ("payments", 0): 2},
         lag_records=3,
         lag_seconds=12.0,
         last_batch_id=4,
         last_batch_age_seconds=30.0,
-        committed_offsets={0: 7, 1: 9},
-        topic_end_offsets={0: 10, 1: 9},
+        committed_offsets=tps({0: 7, 1: 9}),
+        topic_end_offsets=tps({0: 10, 1: 9}),
     )
     report = {"stream": "orders", "desired": "RUNNING", **json.loads(json.dumps(health.to_dict()))}
     assert Health.from_dict(report) == health
@@ -248,7 +275,7 @@ def test_health_round_trips_through_a_status_report():
 def health_with(lag_records: int, lag_seconds: float | None, age: float | None) -> Health:
     return Health(
         checked_at=NOW,
-        partition_lag={0: lag_records},
+        partition_lag=tps({0: lag_records}),
         lag_records=lag_records,
         lag_seconds=lag_seconds,
         last_batch_id=None if age is None else 7,

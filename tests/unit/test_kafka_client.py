@@ -245,31 +245,6 @@ def test_the_kafka_default_connection_reads_back_as_the_settings_config(
         settings.cache_clear()
 
 
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        ({"topic_pattern": "events-.*"}, "name one of 'topic', 'topics' or 'topic_pattern', not"),
-        ({"topics": ["a", "b"]}, "name one of 'topic', 'topics' or 'topic_pattern', not"),
-    ],
-)
-def test_registry_refuses_topic_with_topics_or_pattern(tmp_path: Path, extra, message) -> None:
-    import yaml
-
-    from riverdelta.registry import load_registry
-    from riverdelta.settings import PROJECT_ROOT
-
-    data = yaml.safe_load((PROJECT_ROOT / "include" / "streams.yaml").read_text())
-    data["streams"] = {"tx": {**data["streams"]["transactions"], **extra}}
-    path = tmp_path / "streams.yaml"
-    path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ValueError, match=re.escape(message)):
-        load_registry(path)
-    del data["streams"]["tx"]["topic"]
-    path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ValueError, match="several topics per stream are not supported yet"):
-        load_registry(path)
-
-
 def test_a_connection_without_a_supported_mechanism_is_refused_in_one_line() -> None:
     cfg = KafkaClientConfig.from_connection(
         {"bootstrap.servers": "h:1", "security.protocol": "SASL_SSL"}, "alice", "pw"

@@ -146,7 +146,19 @@ BAD_CONTRACTS = [
     ),
     (lambda s: s.update(event_time_column="merchant"), ["'merchant'", "must be of type timestamp"]),
     (lambda s: s.update(key="account"), ["key 'account' is not a contract field"]),
-    (lambda s: s.pop("topic"), ["'transactions'", "missing 'topic'"]),
+    (lambda s: s.pop("topic"), ["'transactions'", "exactly one of 'topic'"]),
+    (
+        lambda s: s.update(topic_pattern="rd[.].*"),
+        ["exactly one of 'topic', 'topics' or 'topic_pattern', not ['topic', 'topic_pattern']"],
+    ),
+    (lambda s: s.update(topics=["a", "b"]), ["not ['topic', 'topics']"]),
+    (lambda s: (s.pop("topic"), s.update(topics=[])), ["'topics' must be a non-empty list"]),
+    (lambda s: (s.pop("topic"), s.update(topics=["a", "a"])), ["names a topic twice"]),
+    (lambda s: (s.pop("topic"), s.update(topics=["a b"])), ["'a b' is not a Kafka topic name"]),
+    (
+        lambda s: (s.pop("topic"), s.update(topic_pattern="rd.(")),
+        ["topic_pattern 'rd.(' is not a regular expression"],
+    ),
     (
         lambda s: s.update(watermark="10 mins"),
         ["'transactions'", "watermark", "bad duration '10 mins'"],
@@ -262,3 +274,37 @@ def test_registry_module_imports_no_heavy_libraries():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _with_source(**source) -> dict:
+    data = yaml.safe_load(SHIPPED_STREAMS.read_text())
+    tx = data["streams"]["transactions"]
+    tx.pop("topic")
+    tx.update(source)
+    return data
+
+
+def test_a_stream_reads_several_named_topics():
+    spec = parse_registry(_with_source(topics=["tx.eu", "tx.us"])).get("transactions")
+    assert (spec.topics, spec.topic_pattern, spec.topic) == (("tx.eu", "tx.us"), None, "tx.eu")
+    assert spec.matches("tx.us") and not spec.matches("tx.asia")
+    reg = parse_registry(_with_source(topics=["tx.eu", "tx.us"]))
+    assert {"tx.eu", "tx.us", "rd.page_views"} <= set(reg.topics())
+
+
+def test_a_stream_reads_the_topics_a_pattern_matches_whole():
+    reg = parse_registry(_with_source(topic_pattern=r"tx\..*"))
+    spec = reg.get("transactions")
+    assert (spec.topics, spec.source.pattern) == ((), r"tx\..*")
+    assert not spec.matches("__consumer_offsets")
+    assert spec.matches("tx.eu") and not spec.matches("old.tx.eu")  # the whole name, as Java does
+    assert not any(spec.matches(t) for t in reg.topics())  # a pattern's topics are not created
+    with pytest.raises(ValueError, match="name the topic to write to"):
+        _ = spec.topic
+
+
+def test_a_pattern_matching_another_streams_topic_is_refused():
+    with pytest.raises(
+        ContractError, match=r"matches topic 'rd.page_views', already used by stream"
+    ):
+        parse_registry(_with_source(topic_pattern=r"rd\..*"))
