@@ -52,6 +52,35 @@ def _classpath() -> str:
     return os.pathsep.join(str(p) for p in jars.jars("kafka"))
 
 
+def run_tool(main_class: str, *args: str, timeout: float = 120.0) -> str:
+    """Run one of Kafka's own command-line tools (the class its bin/ script runs); stdout."""
+    done = subprocess.run(
+        [_java(), "-cp", _classpath(), main_class, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise BrokerError(f"{main_class} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    return done.stdout
+
+
+def consumer_groups_describe(group: str, servers: str) -> dict[tuple[str, int], dict[str, str]]:
+    """``kafka-consumer-groups --describe --group``: (topic, partition) -> its row's columns."""
+    out = run_tool(
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        "--bootstrap-server",
+        servers,
+        "--describe",
+        "--group",
+        group,
+    )
+    lines = [line.split() for line in out.splitlines() if line.strip()]
+    header = next(cols for cols in lines if cols[:2] == ["GROUP", "TOPIC"])
+    rows = [dict(zip(header, cols, strict=False)) for cols in lines if cols[0] == group]
+    return {(r["TOPIC"], int(r["PARTITION"])): r for r in rows}
+
+
 @dataclass(frozen=True)
 class Node:
     """One KRaft node (broker + controller) on loopback; ``home`` holds config/ and data/."""

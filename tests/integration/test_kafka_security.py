@@ -178,6 +178,13 @@ def test_sasl_ssl_live_ingest_lag_backfill_and_no_leak(secured, spark, tmp_path,
     more = produce(spec, 120, bootstrap=settings().kafka_bootstrap, seed=22)["sent"]
     health = compute_health(live_checkpoint(stream), settings().kafka_bootstrap, topic)
     assert health.lag_records == more == group_offsets.group_lag(stream, topic) == 120
+    # What Kafka people run: kafka-consumer-groups --describe (Kafka's own tool, on the
+    # broker's loopback listener) shows the same offsets and the same lag.
+    rows = kafka_broker.consumer_groups_describe(
+        group_offsets.group_id(stream), f"127.0.0.1:{settings().kafka_internal_port}"
+    )
+    assert {tp: int(r["CURRENT-OFFSET"]) for tp, r in rows.items()} == health.committed_offsets
+    assert sum(int(r["LAG"]) for r in rows.values()) == health.lag_records == 120
     assert status(stream)["lag_records"] == 120
     assert_invariants(spark, spec, job, summary)
 

@@ -133,7 +133,9 @@ def test_a_pattern_stream_picks_up_a_topic_created_later(spark, kafka, topic, la
         def caught_up(total: int):
             def check():
                 h = compute_health(job.checkpoint, kafka, spec.source)
-                held = read(spark, job.tables["bronze"]).count() if h.last_batch_id is not None else 0
+                held = (
+                    read(spark, job.tables["bronze"]).count() if h.last_batch_id is not None else 0
+                )
                 return h if h.lag_records == 0 and held == total else None
 
             return check
