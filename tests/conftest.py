@@ -35,7 +35,7 @@ if "RIVERDELTA_TEST_HOME" not in os.environ:
     os.environ["RIVERDELTA_AIRFLOW_PORT"] = str(_free_port())
     os.environ.setdefault("RIVERDELTA_SPARK_MASTER", "local[2]")
     # Airflow reads its configuration when first imported: give it the test home now.
-    from riverdelta.airflow_stack import airflow_env
+    from riverdelta.airflow_env import airflow_env
 
     os.environ.update(airflow_env())
 
@@ -65,10 +65,10 @@ def topic(kafka, request):
     """A fresh 3-partition topic per test."""
     import uuid
 
-    from riverdelta import kafka_broker
+    from riverdelta import kafka_client
 
     name = f"t-{request.node.name[:40].replace('[', '-').replace(']', '')}-{uuid.uuid4().hex[:6]}"
-    kafka_broker.create_topics({name: 3})
+    kafka_client.create_topics({name: 3})
     return name
 
 

@@ -136,9 +136,9 @@ def offsets_for_time(bootstrap: str, at: float, high: dict[TP, int]) -> dict[TP,
     """First offset per topic-partition of ``high`` whose timestamp is >= ``at`` (else its end)."""
     from confluent_kafka import TopicPartition
 
-    from riverdelta.health import _consumer
+    from riverdelta import kafka_client
 
-    consumer = _consumer(bootstrap)
+    consumer = kafka_client.consumer(bootstrap)
     try:
         found = consumer.offsets_for_times(
             [TopicPartition(t, p, int(at * 1000)) for t, p in high], timeout=10
@@ -535,7 +535,7 @@ def replay(p: dict[str, Any]) -> dict[str, Any]:
     import subprocess
     import threading
 
-    from riverdelta.airflow_stack import ensure_airflow_env
+    from riverdelta.airflow_env import ensure_airflow_env
     from riverdelta.procs import tail
     from riverdelta.settings import settings
     from riverdelta.submit import build_command, ingest_args, submit_env
@@ -731,7 +731,7 @@ def follow_backfill(
     from urllib.parse import quote
 
     from riverdelta import ops
-    from riverdelta.airflow_stack import ApiClient
+    from riverdelta.airflow_api import ApiClient
 
     _spec(stream)  # an unknown stream fails here, before Airflow is asked anything
     dag_id = f"backfill_{stream}"

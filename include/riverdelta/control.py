@@ -75,7 +75,7 @@ def refreshed_deployment(state: ops.StreamState) -> dict[str, Any] | None:
 
 
 def launch(stream: str) -> dict[str, Any]:
-    from riverdelta.airflow_stack import ensure_airflow_env
+    from riverdelta.airflow_env import ensure_airflow_env
     from riverdelta.submit import build_command, ingest_args, submit_env
 
     spec = _spec(stream)

@@ -7,7 +7,7 @@ root, object-store endpoint, replication, Airflow's URL and database); each
 value can still be overridden by its own ``RIVERDELTA_*`` variable. Every other
 module asks ``settings()`` rather than reading environment variables itself,
 and Airflow's connections (``kafka_default``, ``spark_default``) are derived
-from the same values in ``airflow_stack.airflow_env``.
+from the same values in ``airflow_env.airflow_env``.
 """
 
 from __future__ import annotations

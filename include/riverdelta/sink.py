@@ -228,10 +228,10 @@ class KafkaSink:
 
     def open(self) -> None:
         """Topics, fencing of a previous driver, and the last committed marker."""
-        from riverdelta import kafka_broker, kafka_client
+        from riverdelta import kafka_client
 
         sink = self.sink
-        kafka_broker.create_topics(
+        kafka_client.create_topics(
             {sink.topic: sink.partitions, sink.marker_topic: 1},
             {sink.marker_topic: {"cleanup.policy": "compact"}},
         )
