@@ -40,6 +40,18 @@ if "RIVERDELTA_TEST_HOME" not in os.environ:
     os.environ.update(airflow_env())
 
 
+# tests/e2e's demo fixture runs `riverdelta demo` (its own limit 1800 s) and then
+# `down` (300 s) in the set-up and tear-down of its module's tests, which
+# pytest-timeout charges to them: more than pyproject's 900 s per test.
+E2E_TIMEOUT = 2400
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("e2e") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(E2E_TIMEOUT))
+
+
 @pytest.fixture(scope="session")
 def spark():
     from riverdelta.spark import get_spark
