@@ -20,12 +20,13 @@ import sys
 from pathlib import Path
 
 from riverdelta import kafka_client
+from riverdelta.errors import RiverdeltaError
 from riverdelta.settings import PROJECT_ROOT, settings
 
 ADMIN_USER = "admin"
 
 
-class AirflowError(RuntimeError):
+class AirflowError(RiverdeltaError, RuntimeError):
     pass
 
 

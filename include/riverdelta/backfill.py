@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from riverdelta import files
+from riverdelta.errors import RiverdeltaError
 from riverdelta.health import TP, flatten, nest
 from riverdelta.lake import control_dir
 from riverdelta.registry import TopicSource
@@ -27,7 +28,7 @@ from riverdelta.registry import TopicSource
 MODES = ("rebuild", "range")
 
 
-class BackfillRefused(ValueError):
+class BackfillRefused(RiverdeltaError, ValueError):
     """The request cannot be honoured; nothing was written."""
 
 

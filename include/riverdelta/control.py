@@ -13,15 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from riverdelta import ops
+from riverdelta.errors import RiverdeltaError
 from riverdelta.registry import StreamSpec, load_registry
 from riverdelta.settings import settings
 
 
-class CrashLoopError(RuntimeError):
+class CrashLoopError(RiverdeltaError, RuntimeError):
     """The stream keeps dying; restarts are suspended until an operator acts."""
 
 
-class HealthBreachError(RuntimeError):
+class HealthBreachError(RiverdeltaError, RuntimeError):
     pass
 
 

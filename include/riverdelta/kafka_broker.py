@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from riverdelta import jars, kafka_certs, kafka_client, procs
+from riverdelta.errors import RiverdeltaError
 from riverdelta.kafka_certs import BrokerTls
 from riverdelta.settings import settings
 
 NAME = "kafka"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(RiverdeltaError, RuntimeError):
     pass
 
 

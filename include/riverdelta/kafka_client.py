@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from riverdelta.errors import RiverdeltaError
 from riverdelta.settings import ConfigError, Settings, settings
 
 PASSWORD_ENV = "RIVERDELTA_KAFKA_SASL_PASSWORD"
@@ -49,7 +50,7 @@ SPARK_REDACTION_REGEX = r"(?i)secret|password|token|access[.]?key|jaas|sasl"
 SPARK_OPTIONS_REDACTION_REGEX = r"(?i)url|password|jaas|sasl|secret|token"
 
 
-class KafkaClientError(RuntimeError):
+class KafkaClientError(RiverdeltaError, RuntimeError):
     """Kafka refused or could not be reached; the message names the setting to fix."""
 
 

@@ -17,13 +17,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from riverdelta.errors import RiverdeltaError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 ENVIRONMENTS = ("embedded", "compose")
 VALIDATION_ENGINES = ("auto", "pandas", "spark")
 
 
-class ConfigError(ValueError):
+class ConfigError(RiverdeltaError, ValueError):
     """A configuration problem the operator must fix; the message says how."""
 
 

@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from riverdelta.errors import RiverdeltaError
 from riverdelta.registry import GoldSpec, KafkaSinkSpec, StreamSpec
 
 log = logging.getLogger("riverdelta.sink")
@@ -59,7 +60,7 @@ TRANSACTION_TIMEOUT_MS = 60_000
 META_FIELDS = ("_stream", "_gold", "_refresh", "_batch", "_app_id")
 
 
-class SinkError(RuntimeError):
+class SinkError(RiverdeltaError, RuntimeError):
     """Kafka did not take a refresh; the message says which and why (one line)."""
 
 
