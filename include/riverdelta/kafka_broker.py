@@ -480,13 +480,3 @@ def stop_cluster(nodes: Sequence[Node], *, timeout: float = 20.0) -> list[str]:
     for n in running:
         procs.stop(n.name, timeout=timeout)
     return [n.name for n in running]
-
-
-def delete_topics(topics: list[str]) -> None:
-    admin = admin_client()
-    for fut in admin.delete_topics(topics, operation_timeout=30).values():
-        try:
-            fut.result()
-        except Exception as exc:
-            if "UNKNOWN_TOPIC" not in str(exc):
-                raise
