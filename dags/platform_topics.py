@@ -22,11 +22,11 @@ from airflow.sdk import dag, task
 def platform_topics():
     @task
     def create_topics() -> list[str]:
-        from riverdelta import kafka_broker
+        from riverdelta import kafka_client
         from riverdelta.registry import load_registry
 
         registry = load_registry()
-        return kafka_broker.create_topics(registry.topics(), registry.topic_configs())
+        return kafka_client.create_topics(registry.topics(), registry.topic_configs())
 
     create_topics()
 

@@ -35,9 +35,21 @@ if "RIVERDELTA_TEST_HOME" not in os.environ:
     os.environ["RIVERDELTA_AIRFLOW_PORT"] = str(_free_port())
     os.environ.setdefault("RIVERDELTA_SPARK_MASTER", "local[2]")
     # Airflow reads its configuration when first imported: give it the test home now.
-    from riverdelta.airflow_stack import airflow_env
+    from riverdelta.airflow_env import airflow_env
 
     os.environ.update(airflow_env())
+
+
+# tests/e2e's demo fixture runs `riverdelta demo` (its own limit 1800 s) and then
+# `down` (300 s) in the set-up and tear-down of its module's tests, which
+# pytest-timeout charges to them: more than pyproject's 900 s per test.
+E2E_TIMEOUT = 2400
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("e2e") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(E2E_TIMEOUT))
 
 
 @pytest.fixture(scope="session")
@@ -65,10 +77,10 @@ def topic(kafka, request):
     """A fresh 3-partition topic per test."""
     import uuid
 
-    from riverdelta import kafka_broker
+    from riverdelta import kafka_client
 
     name = f"t-{request.node.name[:40].replace('[', '-').replace(']', '')}-{uuid.uuid4().hex[:6]}"
-    kafka_broker.create_topics({name: 3})
+    kafka_client.create_topics({name: 3})
     return name
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from riverdelta import files
+from riverdelta.errors import RiverdeltaError
 from riverdelta.health import TP, flatten, nest
 from riverdelta.lake import control_dir
 from riverdelta.registry import TopicSource
@@ -27,7 +28,7 @@ from riverdelta.registry import TopicSource
 MODES = ("rebuild", "range")
 
 
-class BackfillRefused(ValueError):
+class BackfillRefused(RiverdeltaError, ValueError):
     """The request cannot be honoured; nothing was written."""
 
 
@@ -136,9 +137,9 @@ def offsets_for_time(bootstrap: str, at: float, high: dict[TP, int]) -> dict[TP,
     """First offset per topic-partition of ``high`` whose timestamp is >= ``at`` (else its end)."""
     from confluent_kafka import TopicPartition
 
-    from riverdelta.health import _consumer
+    from riverdelta import kafka_client
 
-    consumer = _consumer(bootstrap)
+    consumer = kafka_client.consumer(bootstrap)
     try:
         found = consumer.offsets_for_times(
             [TopicPartition(t, p, int(at * 1000)) for t, p in high], timeout=10
@@ -535,7 +536,7 @@ def replay(p: dict[str, Any]) -> dict[str, Any]:
     import subprocess
     import threading
 
-    from riverdelta.airflow_stack import ensure_airflow_env
+    from riverdelta.airflow_env import ensure_airflow_env
     from riverdelta.procs import tail
     from riverdelta.settings import settings
     from riverdelta.submit import build_command, ingest_args, submit_env
@@ -731,7 +732,7 @@ def follow_backfill(
     from urllib.parse import quote
 
     from riverdelta import ops
-    from riverdelta.airflow_stack import ApiClient
+    from riverdelta.airflow_api import ApiClient
 
     _spec(stream)  # an unknown stream fails here, before Airflow is asked anything
     dag_id = f"backfill_{stream}"

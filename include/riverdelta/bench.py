@@ -324,10 +324,10 @@ class BatchProfiler:
 
 
 def produce_dataset(spec: StreamSpec, records: int, bootstrap: str) -> dict[str, Any]:
-    from riverdelta import kafka_broker
+    from riverdelta import kafka_client
     from riverdelta.generator import produce
 
-    kafka_broker.create_topics({spec.topic: spec.partitions})
+    kafka_client.create_topics({spec.topic: spec.partitions})
     summary = produce(
         spec,
         records,
@@ -343,10 +343,11 @@ def raw_consumer(topic: str, bootstrap: str) -> dict[str, Any]:
     """The limit: every record of the topic through librdkafka, nothing decoded or written."""
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-    from riverdelta.health import _consumer, end_offsets
+    from riverdelta.health import end_offsets
+    from riverdelta.kafka_client import consumer as kafka_consumer
 
     ends = end_offsets(bootstrap, topic)
-    consumer = _consumer(bootstrap, **{"enable.partition.eof": True})
+    consumer = kafka_consumer(bootstrap, **{"enable.partition.eof": True})
     rows = size = 0
     t = _now()
     try:
@@ -609,14 +610,14 @@ def live_latency(
     spark: SparkSession, spec: StreamSpec, root: Path, rate: float, seconds: float, timeout: float
 ) -> dict[str, Any]:
     """Live query on a fresh topic fed at ``rate`` for ``seconds``: latency and final lag."""
-    from riverdelta import kafka_broker
+    from riverdelta import kafka_broker, kafka_client
     from riverdelta.generator import produce
     from riverdelta.health import read_checkpoint
     from riverdelta.ingest import start_query
     from riverdelta.registry import parse_duration
 
     spec = spec.on_topic(f"{spec.topic}.bench-live")
-    kafka_broker.create_topics({spec.topic: spec.partitions})
+    kafka_client.create_topics({spec.topic: spec.partitions})
     bootstrap = kafka_broker.bootstrap()
     job = _live_job(spec, root)
     query = start_query(spark, job, starting="earliest")
@@ -861,7 +862,7 @@ def increment_validation(spark: SparkSession) -> dict[str, Any]:
 
 def dag_parse_times() -> dict[str, Any]:
     """Each DAG file through Airflow's DagBag in a fresh interpreter (airflow imported first)."""
-    from riverdelta.airflow_stack import airflow_env
+    from riverdelta.airflow_env import airflow_env
 
     code = (
         "import json, sys, time\n"

@@ -67,7 +67,7 @@ class LoadSampler(threading.Thread):
 @contextlib.contextmanager
 def spark_master(master: str) -> Iterator[None]:
     """Point settings and the ``spark_default`` connection at ``master`` for the block."""
-    from riverdelta.airflow_stack import airflow_env
+    from riverdelta.airflow_env import airflow_env
 
     names = ("RIVERDELTA_SPARK_MASTER", "AIRFLOW_CONN_SPARK_DEFAULT")
     saved = {n: os.environ.get(n) for n in names}
@@ -172,7 +172,7 @@ def replay(
 
 def run(records: int, out_root: Path, order: list[str]) -> dict[str, Any]:
     from riverdelta import kafka_broker, spark_cluster
-    from riverdelta.airflow_stack import ensure_airflow_env
+    from riverdelta.airflow_env import ensure_airflow_env
     from riverdelta.bench import isolated_home, machine, produce_dataset
     from riverdelta.registry import load_registry
 

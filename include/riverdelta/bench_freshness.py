@@ -145,7 +145,7 @@ def validated_freshness(
     base_stream: str, rate: float, seconds: float, home: Path, timeout: float = 600.0
 ) -> dict[str, Any]:
     """Deploy the bench stream through Airflow, feed it at ``rate``, measure freshness."""
-    from riverdelta import airflow_stack, kafka_broker, ops
+    from riverdelta import airflow_api, airflow_stack, kafka_client, ops
     from riverdelta.generator import produce
     from riverdelta.lake import TableSet
     from riverdelta.registry import load_registry
@@ -157,11 +157,11 @@ def validated_freshness(
     settings.cache_clear()
     spec = load_registry().get(STREAM)
     silver = TableSet.for_stream(spec)["silver"]
-    kafka_broker.create_topics({spec.topic: spec.partitions})
+    kafka_client.create_topics({spec.topic: spec.partitions})
     t = time.monotonic()
     airflow_stack.start()
     started = {"airflow_seconds": round(time.monotonic() - t, 1)}
-    api = airflow_stack.ApiClient()
+    api = airflow_api.ApiClient()
     try:
         api.wait_for_dag(f"stream_{STREAM}")
         api.wait_for_dag(f"quality_{STREAM}")

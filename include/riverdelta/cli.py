@@ -26,7 +26,7 @@ def _cmd_jars(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     import time
 
-    from riverdelta import airflow_stack, kafka_broker, kafka_client
+    from riverdelta import airflow_env, airflow_stack, kafka_broker, kafka_client
     from riverdelta.registry import load_registry
 
     registry = load_registry()  # a contract that does not parse fails before anything starts
@@ -37,14 +37,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
         f"up: Kafka broker answering on {kafka_client.client_config().describe()} "
         f"({time.monotonic() - t0:.1f}s)"
     )
-    created = kafka_broker.create_topics(registry.topics(), registry.topic_configs())
+    created = kafka_client.create_topics(registry.topics(), registry.topic_configs())
     for topic in created:
         print(f"up: created topic {topic}")
     if args.kafka_only:
         return 0
     t1 = time.monotonic()
     airflow_stack.start()
-    print(f"up: Airflow healthy at {airflow_stack.api_url()} ({time.monotonic() - t1:.1f}s)")
+    print(f"up: Airflow healthy at {airflow_env.api_url()} ({time.monotonic() - t1:.1f}s)")
     print(f"up: Airflow {airflow_stack.login_line()}")
     return 0
 
@@ -128,7 +128,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    from riverdelta.airflow_stack import airflow_env
+    from riverdelta.airflow_env import airflow_env
     from riverdelta.submit import submit_env
 
     os.environ.update(airflow_env())  # the Spark connection the DAGs use

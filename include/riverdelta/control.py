@@ -13,15 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from riverdelta import ops
+from riverdelta.errors import RiverdeltaError
 from riverdelta.registry import StreamSpec, load_registry
 from riverdelta.settings import settings
 
 
-class CrashLoopError(RuntimeError):
+class CrashLoopError(RiverdeltaError, RuntimeError):
     """The stream keeps dying; restarts are suspended until an operator acts."""
 
 
-class HealthBreachError(RuntimeError):
+class HealthBreachError(RiverdeltaError, RuntimeError):
     pass
 
 
@@ -75,7 +76,7 @@ def refreshed_deployment(state: ops.StreamState) -> dict[str, Any] | None:
 
 
 def launch(stream: str) -> dict[str, Any]:
-    from riverdelta.airflow_stack import ensure_airflow_env
+    from riverdelta.airflow_env import ensure_airflow_env
     from riverdelta.submit import build_command, ingest_args, submit_env
 
     spec = _spec(stream)

@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, task
 
-from riverdelta.airflow_stack import SPARK_POOL
+from riverdelta.airflow_env import SPARK_POOL
 from riverdelta.alerts import page
 from riverdelta.registry import StreamSpec, load_registry
 

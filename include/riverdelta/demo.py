@@ -121,7 +121,7 @@ def run_backfill(stream: str) -> dict[str, Any]:
 
 
 def summary(streams: list[str], backfill: dict[str, Any] | None = None) -> str:
-    from riverdelta import airflow_stack
+    from riverdelta import airflow_env, airflow_stack
     from riverdelta.quality import data_docs_index
     from riverdelta.read import tables_report
     from riverdelta.status import stream_status
@@ -157,9 +157,9 @@ def summary(streams: list[str], backfill: dict[str, Any] | None = None) -> str:
         ]
     lines += [
         f"Data Docs: file://{data_docs_index()}",
-        f"Riverdelta page: {airflow_stack.api_url()}/plugin/riverdelta  (streams, tables, "
+        f"Riverdelta page: {airflow_env.api_url()}/plugin/riverdelta  (streams, tables, "
         "quarantine and backfills, inside the Airflow UI)",
-        f"Airflow UI: {airflow_stack.api_url()}  {airflow_stack.login_line()}",
+        f"Airflow UI: {airflow_env.api_url()}  {airflow_stack.login_line()}",
         "Streams keep running. Status: .venv/bin/riverdelta status   Stop everything: make down",
         "=" * 78,
     ]
@@ -188,7 +188,7 @@ def quarantine_by_reason(stream: str) -> dict[str, int]:
 
 
 def main() -> int:
-    from riverdelta import airflow_stack, kafka_broker
+    from riverdelta import airflow_api, airflow_env, airflow_stack, kafka_broker, kafka_client
     from riverdelta.registry import load_registry
 
     t0 = time.monotonic()
@@ -197,12 +197,12 @@ def main() -> int:
     streams = registry.names
     say("starting the embedded Kafka broker (KRaft) and Airflow")
     kafka_broker.start()
-    kafka_broker.create_topics(registry.topics(), registry.topic_configs())
+    kafka_client.create_topics(registry.topics(), registry.topic_configs())
     airflow_stack.start()
-    say(f"Airflow healthy at {airflow_stack.api_url()}")
+    say(f"Airflow healthy at {airflow_env.api_url()}")
     start_producers(streams)
 
-    api = airflow_stack.ApiClient()
+    api = airflow_api.ApiClient()
     for name in streams:
         dag_id = f"stream_{name}"
         api.wait_for_dag(dag_id)

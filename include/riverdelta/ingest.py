@@ -32,6 +32,7 @@ from pyspark.sql import functions as F
 
 from riverdelta import storage
 from riverdelta import transforms as T
+from riverdelta.errors import RiverdeltaError
 from riverdelta.health import TP, flatten, nest
 from riverdelta.lake import TableSet, checkpoint_path, live_checkpoint, ops_path
 from riverdelta.registry import StreamSpec, TopicSource, parse_duration
@@ -64,7 +65,7 @@ class DriverState:
     gold: object | None = None  # gold.GoldRefresher, started with the query
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(RiverdeltaError, ValueError):
     pass
 
 

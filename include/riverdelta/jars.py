@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from riverdelta.errors import RiverdeltaError
 from riverdelta.settings import PROJECT_ROOT, settings
 
 SETS = ("kafka", "spark", "s3", "s3proxy")
@@ -38,7 +39,7 @@ def needed_sets() -> tuple[str, ...]:
 _VERSIONED = re.compile(r"^(?P<artifact>.+?)-(?P<version>\d+(?:\.\d+)+(?:-[0-9A-Za-z.]+)?)\.jar$")
 
 
-class JarCacheError(RuntimeError):
+class JarCacheError(RiverdeltaError, RuntimeError):
     pass
 
 

@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from riverdelta import jars, kafka_certs, kafka_client, procs
+from riverdelta.errors import RiverdeltaError
 from riverdelta.kafka_certs import BrokerTls
 from riverdelta.settings import settings
 
 NAME = "kafka"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(RiverdeltaError, RuntimeError):
     pass
 
 
@@ -508,46 +509,3 @@ def stop_cluster(nodes: Sequence[Node], *, timeout: float = 20.0) -> list[str]:
     for n in running:
         procs.stop(n.name, timeout=timeout)
     return [n.name for n in running]
-
-
-def create_topics(
-    topics: dict[str, int], configs: dict[str, dict[str, str]] | None = None
-) -> list[str]:
-    """Create missing topics (name -> partitions, optional name -> topic config); returns the ones created."""
-    from confluent_kafka.admin import NewTopic
-
-    s = settings()
-    admin = admin_client()
-    existing = set(admin.list_topics(timeout=10).topics)
-    wanted = [
-        NewTopic(
-            t,
-            num_partitions=n,
-            replication_factor=s.kafka_replication_factor,
-            config={
-                "min.insync.replicas": str(s.kafka_min_insync_replicas),
-                **(configs or {}).get(t, {}),
-            },
-        )
-        for t, n in topics.items()
-        if t not in existing
-    ]
-    if not wanted:
-        return []
-    for topic, fut in admin.create_topics(wanted, operation_timeout=30).items():
-        try:
-            fut.result()
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise BrokerError(f"creating topic {topic} failed: {exc}") from exc
-    return [t.topic for t in wanted]
-
-
-def delete_topics(topics: list[str]) -> None:
-    admin = admin_client()
-    for fut in admin.delete_topics(topics, operation_timeout=30).values():
-        try:
-            fut.result()
-        except Exception as exc:
-            if "UNKNOWN_TOPIC" not in str(exc):
-                raise

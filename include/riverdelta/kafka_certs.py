@@ -17,12 +17,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from riverdelta.errors import RiverdeltaError
+
 _STOREPASS_ENV = "RIVERDELTA_KEYSTORE_PASS"
 _BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----\n?", re.S)
 VALIDITY_DAYS = "825"
 
 
-class CertError(RuntimeError):
+class CertError(RiverdeltaError, RuntimeError):
     pass
 
 

@@ -11,6 +11,8 @@ unit tests hold them together. ``consumer``, ``producer`` and ``admin`` (and
 ``transactional_producer`` / ``committed_consumer`` over them) are the
 only places a confluent-kafka client is constructed, as the Airflow Kafka
 provider's hooks own connection -> client.
+``create_topics`` creates what the registry declares over ``admin``: the
+platform_topics DAG, the gold Kafka sinks, the CLI and the embedded stack share it.
 
 The password is read when a client is built, from ``RIVERDELTA_KAFKA_SASL_PASSWORD``
 or a file only its owner can read, and is kept out of ``repr`` and of every
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from riverdelta.errors import RiverdeltaError
 from riverdelta.settings import ConfigError, Settings, settings
 
 PASSWORD_ENV = "RIVERDELTA_KAFKA_SASL_PASSWORD"
@@ -47,7 +50,7 @@ SPARK_REDACTION_REGEX = r"(?i)secret|password|token|access[.]?key|jaas|sasl"
 SPARK_OPTIONS_REDACTION_REGEX = r"(?i)url|password|jaas|sasl|secret|token"
 
 
-class KafkaClientError(RuntimeError):
+class KafkaClientError(RiverdeltaError, RuntimeError):
     """Kafka refused or could not be reached; the message names the setting to fix."""
 
 
@@ -359,6 +362,43 @@ def admin(bootstrap: str | None = None, *, cfg: KafkaClientConfig | None = None,
     from confluent_kafka.admin import AdminClient
 
     return AdminClient({**_base(bootstrap, cfg), **conf})
+
+
+def create_topics(
+    topics: dict[str, int], configs: dict[str, dict[str, str]] | None = None
+) -> list[str]:
+    """Create missing topics (name -> partitions, optional name -> topic config); returns the ones created.
+
+    On the settings' Kafka (the embedded broker or a real cluster) with its security;
+    replication and ``min.insync.replicas`` come from the settings.
+    """
+    from confluent_kafka.admin import NewTopic
+
+    s = settings()
+    client = admin()
+    existing = set(client.list_topics(timeout=10).topics)
+    wanted = [
+        NewTopic(
+            t,
+            num_partitions=n,
+            replication_factor=s.kafka_replication_factor,
+            config={
+                "min.insync.replicas": str(s.kafka_min_insync_replicas),
+                **(configs or {}).get(t, {}),
+            },
+        )
+        for t, n in topics.items()
+        if t not in existing
+    ]
+    if not wanted:
+        return []
+    for topic, fut in client.create_topics(wanted, operation_timeout=30).items():
+        try:
+            fut.result()
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise KafkaClientError(f"creating topic {topic} failed: {exc}") from exc
+    return [t.topic for t in wanted]
 
 
 # --------------------------------------------------------------------------- clear errors

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import os
 import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from riverdelta import files, procs
+from riverdelta import procs
 
 RUNNING = "RUNNING"
 DEAD = "DEAD"
@@ -65,22 +64,7 @@ class Deployment:
 
 # --------------------------------------------------------------------------- secrets
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY")
-
-
-def secret_env_file(values: dict[str, str], path: Path) -> Path:
-    """Write ``KEY='value'`` lines (sourceable by sh) to a file only the owner can read.
-
-    The content is written to a fresh 0600 file created with O_EXCL (never an
-    existing file another user could have pre-created or linked) and renamed
-    over ``path``, so the secret is never readable with wider permissions.
-    """
-    for key in values:
-        if not _ENV_NAME.match(key):
-            raise ValueError(f"{key!r} is not a valid environment variable name")
-    body = "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
-    return files.write_atomic(path, body, mode=0o600)
 
 
 def assert_no_secret_in_argv(cmd: Sequence[str], secrets: Sequence[str]) -> None:
@@ -95,7 +79,8 @@ def assert_no_secret_in_argv(cmd: Sequence[str], secrets: Sequence[str]) -> None
                 where = key if "=" in arg and value not in key else f"argument #{i}"
                 raise ValueError(
                     f"a secret value appears in the spark-submit command ({where}); pass it "
-                    "through the environment or a 0600 file (secret_env_file) instead"
+                    "through the environment instead (AWS_* for s3a, "
+                    "RIVERDELTA_KAFKA_SASL_PASSWORD_FILE for Kafka)"
                 )
 
 

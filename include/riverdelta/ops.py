@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from riverdelta import files, storage
+from riverdelta.errors import RiverdeltaError
 from riverdelta.lake import control_dir, ops_path
 
 HISTORY = "ops_history"
@@ -52,7 +53,7 @@ class StreamState:
     revision: int = 0  # bumped by every save: the compare in compare-and-swap
 
 
-class StaleStateError(RuntimeError):
+class StaleStateError(RiverdeltaError, RuntimeError):
     """The state changed on disk since it was loaded: re-read and re-apply the change."""
 
 

@@ -76,6 +76,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from riverdelta import files, storage
+from riverdelta.errors import RiverdeltaError
 from riverdelta.lake import TableSet, control_dir, ops_path
 from riverdelta.quality_engine import (
     Rows,
@@ -123,7 +124,7 @@ _METADATA_OPERATIONS = frozenset(
 _PLACEHOLDERS = ("$now_plus", "$now_minus", "$timestamp")
 
 
-class ValidationFailedError(RuntimeError):
+class ValidationFailedError(RiverdeltaError, RuntimeError):
     """A table broke its suite; ``result`` is the full result dict of the run."""
 
     def __init__(self, message: str, result: dict[str, Any]) -> None:
@@ -131,11 +132,11 @@ class ValidationFailedError(RuntimeError):
         self.result = result
 
 
-class NeedsSparkError(RuntimeError):
+class NeedsSparkError(RiverdeltaError, RuntimeError):
     """A validation asked not to start a JVM (``spark_allowed=False``) would need one."""
 
 
-class NotValidatedError(LookupError):
+class NotValidatedError(RiverdeltaError, LookupError):
     """A table has no validated version yet."""
 
 

@@ -36,7 +36,7 @@ from airflow.sdk import (
     task,
 )
 
-from riverdelta.airflow_stack import SPARK_POOL
+from riverdelta.airflow_env import SPARK_POOL
 from riverdelta.alerts import page
 from riverdelta.dag_factory import DAG_DEFAULTS, table_asset
 from riverdelta.gate_trigger import NewTableVersionsTrigger, default_poll_seconds

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from riverdelta.errors import RiverdeltaError
+
 # Quarantine reason codes: exactly one per invalid record, the first that applies in this
 # order (riverdelta.transforms.validate; the generator makes poison of each kind).
 REASONS = (
@@ -115,11 +117,11 @@ _MAINTENANCE_KEYS = frozenset({"schedule", "retention", "zorder"})
 _LAYERS = ("bronze", "silver", "quarantine")
 
 
-class ContractError(ValueError):
+class ContractError(RiverdeltaError, ValueError):
     """The registry does not parse; the message names the stream, the field and the problem."""
 
 
-class UnknownStreamError(ValueError):
+class UnknownStreamError(RiverdeltaError, ValueError):
     """No stream of that name; the message lists the known ones."""
 
 

@@ -7,7 +7,7 @@ root, object-store endpoint, replication, Airflow's URL and database); each
 value can still be overridden by its own ``RIVERDELTA_*`` variable. Every other
 module asks ``settings()`` rather than reading environment variables itself,
 and Airflow's connections (``kafka_default``, ``spark_default``) are derived
-from the same values in ``airflow_stack.airflow_env``.
+from the same values in ``airflow_env.airflow_env``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from riverdelta.errors import RiverdeltaError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 ENVIRONMENTS = ("embedded", "compose")
 VALIDATION_ENGINES = ("auto", "pandas", "spark")
 
 
-class ConfigError(ValueError):
+class ConfigError(RiverdeltaError, ValueError):
     """A configuration problem the operator must fix; the message says how."""
 
 

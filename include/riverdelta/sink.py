@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from riverdelta.errors import RiverdeltaError
 from riverdelta.registry import GoldSpec, KafkaSinkSpec, StreamSpec
 
 log = logging.getLogger("riverdelta.sink")
@@ -59,7 +60,7 @@ TRANSACTION_TIMEOUT_MS = 60_000
 META_FIELDS = ("_stream", "_gold", "_refresh", "_batch", "_app_id")
 
 
-class SinkError(RuntimeError):
+class SinkError(RiverdeltaError, RuntimeError):
     """Kafka did not take a refresh; the message says which and why (one line)."""
 
 
@@ -228,10 +229,10 @@ class KafkaSink:
 
     def open(self) -> None:
         """Topics, fencing of a previous driver, and the last committed marker."""
-        from riverdelta import kafka_broker, kafka_client
+        from riverdelta import kafka_client
 
         sink = self.sink
-        kafka_broker.create_topics(
+        kafka_client.create_topics(
             {sink.topic: sink.partitions, sink.marker_topic: 1},
             {sink.marker_topic: {"cleanup.policy": "compact"}},
         )

@@ -142,7 +142,7 @@ def reconcile(stream: str) -> dict[str, Any]:
 
 
 def run(minutes: float, rate: float, maintain_every: int, out: Path) -> dict[str, Any]:
-    from riverdelta import airflow_stack, bench, control, kafka_broker
+    from riverdelta import airflow_api, airflow_stack, bench, control, kafka_broker, kafka_client
     from riverdelta.demo import start_producers
     from riverdelta.registry import load_registry
 
@@ -158,9 +158,9 @@ def run(minutes: float, rate: float, maintain_every: int, out: Path) -> dict[str
         kafka_broker.start()
         try:
             registry = load_registry()
-            kafka_broker.create_topics(registry.topics(), registry.topic_configs())
+            kafka_client.create_topics(registry.topics(), registry.topic_configs())
             airflow_stack.start()
-            api = airflow_stack.ApiClient()
+            api = airflow_api.ApiClient()
             for name in streams:
                 api.wait_for_dag(f"stream_{name}")
                 run_id = api.trigger(f"stream_{name}", {"action": "deploy"})

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from riverdelta import procs
+from riverdelta.errors import RiverdeltaError
 from riverdelta.settings import settings
 
 MASTER = "spark-master"
 
 
-class ClusterError(RuntimeError):
+class ClusterError(RiverdeltaError, RuntimeError):
     pass
 
 

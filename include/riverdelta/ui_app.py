@@ -29,6 +29,8 @@ from fastapi.responses import (
 )
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from riverdelta.errors import RiverdeltaError
+
 PREFIX = "/riverdelta"
 REFRESH_SECONDS = 15
 
@@ -40,7 +42,7 @@ _ICON = (
 )
 
 
-class LoginRequired(Exception):
+class LoginRequired(RiverdeltaError):
     """Raised for an anonymous request to the page (as opposed to the JSON API)."""
 
 

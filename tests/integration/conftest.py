@@ -22,7 +22,7 @@ def stream_registry(tmp_path, kafka, monkeypatch):
     ``make(...)`` returns the stream name; the registry file is ``RIVERDELTA_STREAMS``
     (a test may rewrite it, e.g. to change the contract).
     """
-    from riverdelta import kafka_broker
+    from riverdelta import kafka_client
     from riverdelta.settings import settings
 
     def make(
@@ -41,7 +41,7 @@ def stream_registry(tmp_path, kafka, monkeypatch):
         path.write_text(yaml.safe_dump(data))
         monkeypatch.setenv("RIVERDELTA_STREAMS", str(path))
         settings.cache_clear()
-        kafka_broker.create_topics({stream["topic"]: 3})
+        kafka_client.create_topics({stream["topic"]: 3})
         return name
 
     yield make

@@ -84,10 +84,13 @@ def _crash_loop(spark, kafka, topic, lake, tmp_path, *, events: int, kills: int,
     assert_invariants(spark, spec, job, summary)
 
 
+# Its own bounds: 3 kills 20-35 s apart, 600 s for the counts, 180 s for gold.
+@pytest.mark.timeout(1200)
 def test_exactly_once_under_sigkill(spark, kafka, topic, lake, tmp_path):
     _crash_loop(spark, kafka, topic, lake, tmp_path, events=100_000, kills=3, seed=11)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 8 kills 20-35 s apart, then the same 600 s + 180 s bounds
 def test_exactly_once_under_many_sigkills(spark, kafka, topic, lake, tmp_path):
     _crash_loop(spark, kafka, topic, lake, tmp_path, events=200_000, kills=8, seed=12)

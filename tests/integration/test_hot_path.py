@@ -65,6 +65,7 @@ def test_live_on_a_new_checkpoint_starts_after_what_the_tables_hold(spark, kafka
     assert mine.agg(F.sum("records_in")).first()[0] == second["sent"]
 
 
+@pytest.mark.timeout(1200)  # its own waits: 300 s first catch-up + 600 s on the backlog
 def test_backlog_is_worked_through_in_bounded_batches(airflow_db, stream_registry, spark):
     """A deployed stream restarted on 60k records: bounded batches, no health restart."""
     from pyspark.sql import functions as F

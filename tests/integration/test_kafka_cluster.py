@@ -193,12 +193,12 @@ def _health(lake, topic: str):
 def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path):
     from confluent_kafka.admin import ConfigResource
 
-    from riverdelta import kafka_broker, procs
+    from riverdelta import kafka_broker, kafka_client, procs
     from riverdelta.ingest import make_job
 
     t_start = time.monotonic()
     topic = f"t-cluster-{uuid.uuid4().hex[:6]}"
-    assert kafka_broker.create_topics({topic: 3}) == [topic]
+    assert kafka_client.create_topics({topic: 3}) == [topic]
     layout = _partitions(topic)
     assert sorted(layout) == [0, 1, 2]
     assert all(len(replicas) == 3 and len(isr) == 3 for _, replicas, isr in layout.values())

@@ -114,7 +114,7 @@ def _grep_files(root: Path, needle: str) -> list[str]:
 
 
 def test_sasl_ssl_live_ingest_lag_backfill_and_no_leak(secured, spark, tmp_path, monkeypatch):
-    from riverdelta import backfill, group_offsets, kafka_broker, procs
+    from riverdelta import backfill, group_offsets, kafka_client, procs
     from riverdelta.generator import produce
     from riverdelta.health import compute_health, nest
     from riverdelta.ingest import make_job
@@ -126,7 +126,7 @@ def test_sasl_ssl_live_ingest_lag_backfill_and_no_leak(secured, spark, tmp_path,
 
     password, home = secured
     topic = f"rd.sec-{uuid.uuid4().hex[:6]}"
-    assert kafka_broker.create_topics({topic: 3}) == [topic]
+    assert kafka_client.create_topics({topic: 3}) == [topic]
     # Spark redacts the JAAS option (key and value) wherever it prints conf or options.
     for key, text in (
         ("spark.redaction.regex", client_config().spark_options()["kafka.sasl.jaas.config"]),
@@ -211,7 +211,7 @@ def test_sasl_ssl_live_ingest_lag_backfill_and_no_leak(secured, spark, tmp_path,
 
 
 def test_mtls_produce_and_replay(secured, spark, tmp_path, monkeypatch):
-    from riverdelta import backfill, kafka_broker
+    from riverdelta import backfill, kafka_client
     from riverdelta.generator import produce
     from riverdelta.health import compute_health
     from riverdelta.ingest import make_job, start_query
@@ -220,7 +220,7 @@ def test_mtls_produce_and_replay(secured, spark, tmp_path, monkeypatch):
     from tests.integration.ingest_helpers import finish_gold, read
 
     topic = f"rd.mtls-{uuid.uuid4().hex[:6]}"
-    kafka_broker.create_topics({topic: 3})  # over SASL_SSL, before switching
+    kafka_client.create_topics({topic: 3})  # over SASL_SSL, before switching
     stream, registry = _registry(tmp_path, topic)
     monkeypatch.setenv("RIVERDELTA_STREAMS", str(registry))
     monkeypatch.setenv("RIVERDELTA_KAFKA_SECURITY", "ssl")

@@ -93,7 +93,7 @@ def s3_root(tmp_path, monkeypatch):
 
 def test_s3a_root(s3_root, stream_registry, kafka):
     from riverdelta import health, ops, quality, storage
-    from riverdelta.airflow_stack import ensure_airflow_env
+    from riverdelta.airflow_env import ensure_airflow_env
     from riverdelta.lake import TableSet, checkpoint_path
     from riverdelta.launchers import assert_no_secret_in_argv
     from riverdelta.read import read_validated

@@ -48,13 +48,13 @@ def _produce(spec, topic: str, n: int, seed: int, bootstrap: str) -> dict:
 def test_two_named_topics_reconcile_and_resolve_per_topic_partition(spark, kafka, topic, lake):
     from pyspark.sql import functions as F
 
-    from riverdelta import kafka_broker
+    from riverdelta import kafka_client
     from riverdelta.backfill import resolve
     from riverdelta.health import compute_health
     from riverdelta.ingest import make_job, start_query, stop_gold
 
     eu, us = f"{topic}.eu", f"{topic}.us"
-    kafka_broker.create_topics({eu: 2, us: 3})
+    kafka_client.create_topics({eu: 2, us: 3})
     spec = dataclasses.replace(spec_on_topic("transactions", eu), topics=(eu, us))
     summary = _merged(_produce(spec, eu, 1200, 1, kafka), _produce(spec, us, 800, 2, kafka))
 
@@ -103,13 +103,13 @@ def test_two_named_topics_reconcile_and_resolve_per_topic_partition(spark, kafka
 
 
 def test_a_pattern_stream_picks_up_a_topic_created_later(spark, kafka, topic, lake, monkeypatch):
-    from riverdelta import kafka_broker
+    from riverdelta import kafka_client
     from riverdelta.health import compute_health
     from riverdelta.ingest import make_job, start_query
     from spark_apps.ingest import kafka_problem
 
     first, later = f"{topic}.p-1", f"{topic}.p-2"
-    kafka_broker.create_topics({first: 2})
+    kafka_client.create_topics({first: 2})
     base = dataclasses.replace(spec_on_topic("transactions", first), gold=())
     spec = dataclasses.replace(base, topics=(), topic_pattern=re.escape(f"{topic}.p-") + r"\d+")
 
@@ -141,7 +141,7 @@ def test_a_pattern_stream_picks_up_a_topic_created_later(spark, kafka, topic, la
             return check
 
         wait_for(caught_up(400), 180, "the first topic ingested")
-        kafka_broker.create_topics({later: 1})
+        kafka_client.create_topics({later: 1})
         sent.append(_produce(spec, later, 250, 4, kafka))
         # Health lists the new topic at once (its records are lag until the query reads them).
         health = compute_health(job.checkpoint, kafka, spec.source)

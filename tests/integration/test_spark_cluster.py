@@ -31,7 +31,7 @@ RATE = 150.0  # records/s: 20 s of traffic per phase
 def cluster(monkeypatch):
     """Master + 2 workers (1 core, 1 GB each); RIVERDELTA_SPARK_MASTER and spark_default point at it."""
     from riverdelta import spark_cluster
-    from riverdelta.airflow_stack import airflow_env
+    from riverdelta.airflow_env import airflow_env
     from riverdelta.settings import settings
 
     started = spark_cluster.start(2, cores=1, memory="1g")

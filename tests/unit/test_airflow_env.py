@@ -13,7 +13,7 @@ pytestmark = pytest.mark.unit
 def test_the_embedded_airflow_gets_a_stable_fernet_key_from_a_private_file():
     from cryptography.fernet import Fernet
 
-    from riverdelta.airflow_stack import airflow_env
+    from riverdelta.airflow_env import airflow_env
     from riverdelta.settings import settings
 
     key = airflow_env()["AIRFLOW__CORE__FERNET_KEY"]
@@ -24,12 +24,12 @@ def test_the_embedded_airflow_gets_a_stable_fernet_key_from_a_private_file():
 
 
 def test_the_admin_password_is_shown_once_then_only_where_it_is_kept():
-    from riverdelta import airflow_stack
+    from riverdelta import airflow_env, airflow_stack
 
-    shown = airflow_stack.passwords_file().with_name(".shown")
+    shown = airflow_env.passwords_file().with_name(".shown")
     shown.unlink(missing_ok=True)
     first = airflow_stack.login_line()
-    assert airflow_stack.admin_password() in first and "shown once" in first
+    assert airflow_env.admin_password() in first and "shown once" in first
     again = airflow_stack.login_line()
-    assert airflow_stack.admin_password() not in again
-    assert again == f"login admin, password in {airflow_stack.passwords_file()} (mode 0600)"
+    assert airflow_env.admin_password() not in again
+    assert again == f"login admin, password in {airflow_env.passwords_file()} (mode 0600)"

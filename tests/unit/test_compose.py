@@ -3,7 +3,7 @@
 There is no Docker engine here: ``docker-compose config`` (Debian's 1.29,
 installed by ``make setup``) resolves and validates the file without one. The
 resolved file is then held against ``settings.PROFILES["compose"]`` and
-``airflow_stack.airflow_env()``, so renaming a service or a port on either side
+``airflow_env.airflow_env()``, so renaming a service or a port on either side
 fails here instead of on the first ``docker compose up``.
 """
 
@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from riverdelta import airflow_stack
+from riverdelta import airflow_env
 from riverdelta import settings as settings_mod
 from riverdelta.settings import PROJECT_ROOT, Settings, load_settings
 
@@ -293,7 +293,7 @@ def test_airflow_url_is_the_api_server(
 def test_airflow_env_matches_airflow_env_under_compose(
     compose_settings: Settings, services: dict[str, dict[str, Any]]
 ) -> None:
-    expected = airflow_stack.airflow_env(base={})
+    expected = airflow_env.airflow_env(base={})
     json_keys = ("AIRFLOW_CONN_KAFKA_DEFAULT", "AIRFLOW_CONN_SPARK_DEFAULT")
     same_keys = (
         "RIVERDELTA_ENV",

@@ -217,7 +217,7 @@ def test_group_offsets_come_from_the_kafka_sources_of_a_progress() -> None:
 def test_the_kafka_default_connection_reads_back_as_the_settings_config(
     monkeypatch, tmp_path: Path
 ) -> None:
-    """What airflow_stack writes into kafka_default is what the settings connect with."""
+    """What airflow_env writes into kafka_default is what the settings connect with."""
     from riverdelta.settings import settings
 
     pw = tmp_path / "pw"

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import stat
 import subprocess
 import time
 import uuid
@@ -27,7 +26,6 @@ from riverdelta.launchers import (
     parse_k8s_submission,
     parse_yarn_status,
     parse_yarn_submission,
-    secret_env_file,
     split_submit,
     submit_option,
 )
@@ -166,30 +164,6 @@ def test_launcher_for_rejects_unknown():
 
 
 # --------------------------------------------------------------------------- secrets
-
-
-def test_secret_env_file_is_owner_only_and_replaces(tmp_path):
-    path = tmp_path / "secrets" / "orders.env"
-    path.parent.mkdir()
-    path.write_text("OLD=1\n")
-    os.chmod(path, 0o644)
-    secret_env_file({"AWS_SECRET_ACCESS_KEY": "s3cr3t value'x", "USER_NAME": "svc"}, path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    text = path.read_text()
-    assert "OLD" not in text
-    sourced = subprocess.run(
-        ["sh", "-c", f'. "{path}"; printf %s "$AWS_SECRET_ACCESS_KEY"'],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert sourced.stdout == "s3cr3t value'x"
-    assert [p.name for p in path.parent.iterdir()] == ["orders.env"]  # no temp file left
-
-
-def test_secret_env_file_rejects_bad_names(tmp_path):
-    with pytest.raises(ValueError, match="environment variable"):
-        secret_env_file({"BAD-NAME": "x"}, tmp_path / "e.env")
 
 
 def test_secret_in_argv_is_refused_without_echoing_it():

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.unit
 def test_every_stream_gets_one_gate_started_by_its_watcher_announcements_or_a_fallback():
     from airflow.sdk import AssetAny, AssetOrTimeSchedule, CronTriggerTimetable
 
-    from riverdelta.airflow_stack import SPARK_POOL
+    from riverdelta.airflow_env import SPARK_POOL
     from riverdelta.alerts import page
     from riverdelta.dag_factory import table_asset
     from riverdelta.gate_trigger import NewTableVersionsTrigger
