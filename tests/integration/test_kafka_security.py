@@ -114,7 +114,7 @@ def _grep_files(root: Path, needle: str) -> list[str]:
 
 
 def test_sasl_ssl_live_ingest_lag_backfill_and_no_leak(secured, spark, tmp_path, monkeypatch):
-    from riverdelta import backfill, group_offsets, kafka_client, procs
+    from riverdelta import backfill, group_offsets, kafka_broker, kafka_client, procs
     from riverdelta.generator import produce
     from riverdelta.health import compute_health, nest
     from riverdelta.ingest import make_job
