@@ -13,18 +13,26 @@ def spec_on_topic(stream: str, topic: str) -> StreamSpec:
     return load_registry().get(stream).on_topic(topic)
 
 
-def run_replay(
-    spark, spec: StreamSpec, lake: Path, *, max_offsets: int | None = None, name: str = "replay"
-):
-    from riverdelta.ingest import make_job, start_query
+def lake_job(spec: StreamSpec, mode: str, lake: Path, name: str, **kwargs):
+    """An ingest job on ``lake``: checkpoint ``_checkpoints/<name>``, its tables and ops."""
+    from riverdelta.ingest import make_job
 
-    job = make_job(
+    return make_job(
         spec,
-        "replay",
+        mode,
         checkpoint=str(lake / "_checkpoints" / name),
         tables_root=str(lake / "tables"),
         ops_root=str(lake / "_ops"),
+        **kwargs,
     )
+
+
+def run_replay(
+    spark, spec: StreamSpec, lake: Path, *, max_offsets: int | None = None, name: str = "replay"
+):
+    from riverdelta.ingest import start_query
+
+    job = lake_job(spec, "replay", lake, name)
     query = start_query(spark, job, starting="earliest", max_offsets_per_trigger=max_offsets)
     query.awaitTermination()
     assert query.exception() is None

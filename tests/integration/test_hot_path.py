@@ -6,7 +6,14 @@ from collections import Counter
 
 import pytest
 
-from tests.integration.ingest_helpers import read, run_replay, spec_on_topic, status, wait_for
+from tests.integration.ingest_helpers import (
+    lake_job,
+    read,
+    run_replay,
+    spec_on_topic,
+    status,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -20,20 +27,14 @@ def _delta_rows(path: str, columns: list[str]) -> list[dict]:
 def test_live_on_a_new_checkpoint_starts_after_what_the_tables_hold(spark, kafka, topic, lake):
     """Replay from earliest, then a live query on a fresh checkpoint over the same tables."""
     from riverdelta.generator import produce
-    from riverdelta.ingest import await_gold, make_job, start_query, stop_gold
+    from riverdelta.ingest import await_gold, start_query, stop_gold
 
     spec = spec_on_topic("transactions", topic)
     rates = {"poison_rate": 0.05, "duplicate_rate": 0.03, "late_rate": 0.01}
     first = produce(spec, 3000, bootstrap=kafka, seed=21, **rates)
     replay = run_replay(spark, spec, lake)
     second = produce(spec, 2000, bootstrap=kafka, seed=22, **rates)
-    live = make_job(
-        spec,
-        "live",
-        checkpoint=str(lake / "_checkpoints" / "live-new"),
-        tables_root=str(lake / "tables"),
-        ops_root=str(lake / "_ops"),
-    )
+    live = lake_job(spec, "live", lake, "live-new")
     assert live.app_id != replay.app_id
     query = start_query(spark, live, starting="earliest", trigger="1 second")
     try:

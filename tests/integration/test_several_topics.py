@@ -16,6 +16,7 @@ import pytest
 
 from tests.integration.ingest_helpers import (
     assert_invariants,
+    lake_job,
     read,
     run_replay,
     spec_on_topic,
@@ -51,7 +52,7 @@ def test_two_named_topics_reconcile_and_resolve_per_topic_partition(spark, kafka
     from riverdelta import kafka_client
     from riverdelta.backfill import resolve
     from riverdelta.health import compute_health
-    from riverdelta.ingest import make_job, start_query, stop_gold
+    from riverdelta.ingest import start_query, stop_gold
 
     eu, us = f"{topic}.eu", f"{topic}.us"
     kafka_client.create_topics({eu: 2, us: 3})
@@ -79,15 +80,7 @@ def test_two_named_topics_reconcile_and_resolve_per_topic_partition(spark, kafka
     rng = resolve(spec.source, kafka, json.dumps({us: {"1": 10}}), json.dumps({us: {"1": 60}}))
     picked = {tp: rng.end[tp] - rng.start[tp] for tp in rng.start if rng.end[tp] > rng.start[tp]}
     assert (us, 1) in picked and picked[(us, 1)] == 50
-    rng_job = make_job(
-        spec,
-        "replay",
-        checkpoint=str(lake / "_checkpoints" / "range"),
-        tables_root=str(lake / "tables"),
-        ops_root=str(lake / "_ops"),
-        until=rng.end,
-        skip_present=True,
-    )
+    rng_job = lake_job(spec, "replay", lake, "range", until=rng.end, skip_present=True)
     query = start_query(spark, rng_job, starting=rng.starting_offsets_json())
     query.awaitTermination()
     assert query.exception() is None
@@ -105,7 +98,7 @@ def test_two_named_topics_reconcile_and_resolve_per_topic_partition(spark, kafka
 def test_a_pattern_stream_picks_up_a_topic_created_later(spark, kafka, topic, lake, monkeypatch):
     from riverdelta import kafka_client
     from riverdelta.health import compute_health
-    from riverdelta.ingest import make_job, start_query
+    from riverdelta.ingest import start_query
     from spark_apps.ingest import kafka_problem
 
     first, later = f"{topic}.p-1", f"{topic}.p-2"
@@ -120,13 +113,7 @@ def test_a_pattern_stream_picks_up_a_topic_created_later(spark, kafka, topic, la
     assert kafka_problem(spec) is None
 
     sent = [_produce(spec, first, 400, 3, kafka)]
-    job = make_job(
-        spec,
-        "live",
-        checkpoint=str(lake / "_checkpoints" / "live"),
-        tables_root=str(lake / "tables"),
-        ops_root=str(lake / "_ops"),
-    )
+    job = lake_job(spec, "live", lake, "live")
     query = start_query(spark, job, starting="earliest", trigger="1 second")
     try:
 
