@@ -199,7 +199,13 @@ def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path
     t_start = time.monotonic()
     topic = f"t-cluster-{uuid.uuid4().hex[:6]}"
     assert kafka_client.create_topics({topic: 3}) == [topic]
-    layout = _partitions(topic)
+    # A broker other than the controller may answer before the new topic's metadata
+    # reached it: wait until every partition has a leader in a fresh answer.
+    layout = wait_for(
+        lambda: (lay := _partitions(topic)) and all(v[0] >= 0 for v in lay.values()) and lay,
+        30,
+        "the new topic's metadata on every broker",
+    )
     assert sorted(layout) == [0, 1, 2]
     assert all(len(replicas) == 3 and len(isr) == 3 for _, replicas, isr in layout.values())
     admin = kafka_broker.admin_client()  # kept referenced until the future resolves
