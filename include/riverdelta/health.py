@@ -17,10 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from riverdelta.registry import TopicSource
+from riverdelta.registry import TopicSource
 
 # A topic-partition: every offset, lag and range is keyed by one (Spark's JSON nests them).
 TP = tuple[str, int]
@@ -185,19 +184,12 @@ def _explain_refusal(bootstrap: str) -> None:
     kafka_client.check(kafka_client.config_for(bootstrap), timeout=3.0)
 
 
-def _source(source: TopicSource | str) -> TopicSource:
-    from riverdelta.registry import TopicSource
-
-    return TopicSource.of(source)
-
-
 def _partitions(consumer, bootstrap: str, source: TopicSource, timeout: float) -> list[TP]:
     """Every partition of the source's topics now: a pattern is matched against the cluster."""
+    # One named topic is asked for alone; several, or a pattern, need the whole listing.
+    alone = source.topics[0] if len(source.topics) == 1 and not source.pattern else None
     try:
-        listed = consumer.list_topics(
-            None if source.pattern else (source.topics[0] if len(source.topics) == 1 else None),
-            timeout=timeout,
-        ).topics
+        listed = consumer.list_topics(alone, timeout=timeout).topics
     except Exception:
         _explain_refusal(bootstrap)
         raise
@@ -215,7 +207,9 @@ def source_topics(bootstrap: str, source: TopicSource | str, timeout: float = DE
     """The topics a source reads now (a pattern's matches may grow), sorted."""
     consumer = _consumer(bootstrap)
     try:
-        return sorted({t for t, _ in _partitions(consumer, bootstrap, _source(source), timeout)})
+        return sorted(
+            {t for t, _ in _partitions(consumer, bootstrap, TopicSource.of(source), timeout)}
+        )
     finally:
         consumer.close()
 
@@ -232,7 +226,7 @@ def watermarks(
             (t, p): consumer.get_watermark_offsets(
                 TopicPartition(t, p), timeout=timeout, cached=False
             )
-            for t, p in _partitions(consumer, bootstrap, _source(source), timeout)
+            for t, p in _partitions(consumer, bootstrap, TopicSource.of(source), timeout)
         }
     finally:
         consumer.close()
