@@ -51,15 +51,15 @@ test-slow: setup-test ## the long crash-recovery tests
 	@bash scripts/run_tests.sh -m slow $(PYTEST_ARGS)
 
 bench: setup ## measure Riverdelta vs raw Kafka / naive Spark (1M records, ~25 min); rewrites docs/benchmarks.md
-	$(PY) -m riverdelta.bench --write-docs $(BENCH_ARGS)
+	$(PY) -m riverdelta.bench.run --write-docs $(BENCH_ARGS)
 
 .PHONY: soak
 soak: setup ## the embedded stack left running with maintenance every 10 min (SOAK_ARGS="--minutes 60"); plot in results/
-	$(PY) -m riverdelta.soak $(SOAK_ARGS)
+	$(PY) -m riverdelta.bench.soak $(SOAK_ARGS)
 
 .PHONY: bench-cluster
 bench-cluster: setup ## replay throughput: 2-worker Spark standalone cluster vs local[2] (200k records, ~10 min)
-	$(PY) -m riverdelta.bench_cluster $(BENCH_CLUSTER_ARGS)
+	$(PY) -m riverdelta.bench.cluster $(BENCH_CLUSTER_ARGS)
 
 clean: down ## remove runtime state (.riverdelta/ except the jar cache)
 	rm -rf .riverdelta/kafka .riverdelta/airflow .riverdelta/lake .riverdelta/logs .riverdelta/run

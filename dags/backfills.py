@@ -8,6 +8,6 @@ and replays the topic with ``Trigger.AvailableNow`` beside the live stream.
 
 from __future__ import annotations
 
-from riverdelta.dag_factory import backfill_dags
+from riverdelta.airflow.stream_dags import backfill_dags
 
 globals().update(backfill_dags())

@@ -8,6 +8,6 @@ versions and unvalidated increments need. Adding a stream adds its DAG.
 
 from __future__ import annotations
 
-from riverdelta.maintenance_dags import maintenance_dags
+from riverdelta.airflow.maintenance_dags import maintenance_dags
 
 globals().update(maintenance_dags())

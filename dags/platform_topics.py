@@ -22,11 +22,13 @@ from airflow.sdk import dag, task
 def platform_topics():
     @task
     def create_topics() -> list[str]:
-        from riverdelta import kafka_client
-        from riverdelta.registry import load_registry
+        from riverdelta.airflow.env import kafka_connection
+        from riverdelta.config.registry import load_registry
+        from riverdelta.kafka import client as kafka_client
 
         registry = load_registry()
-        return kafka_client.create_topics(registry.topics(), registry.topic_configs())
+        with kafka_connection():  # the kafka_default connection, as every Riverdelta task
+            return kafka_client.create_topics(registry.topics(), registry.topic_configs())
 
     create_topics()
 

@@ -10,6 +10,6 @@ stream adds its gate; no Python changes.
 
 from __future__ import annotations
 
-from riverdelta.quality_dags import quality_dags
+from riverdelta.airflow.quality_dags import quality_dags
 
 globals().update(quality_dags())

@@ -7,6 +7,6 @@ asset events. Adding a stream to the registry adds its DAG; no Python changes.
 
 from __future__ import annotations
 
-from riverdelta.dag_factory import stream_dags
+from riverdelta.airflow.stream_dags import stream_dags
 
 globals().update(stream_dags())

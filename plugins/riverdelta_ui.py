@@ -3,7 +3,7 @@
 ``fastapi_apps`` mounts the page's FastAPI app at ``/riverdelta`` on the API
 server; ``external_views`` puts "Riverdelta" in the UI's navigation, embedding
 that page (``url_route``: ``/plugin/riverdelta``). Airflow does not authenticate
-a plugin's app: ``riverdelta.ui_app`` checks the login itself.
+a plugin's app: ``riverdelta.airflow.ui_app`` checks the login itself.
 
 Plugins are loaded by every Airflow component: only the app factory is imported
 here; the page's data (Kafka, Delta) is read inside its routes.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from riverdelta.ui_app import PREFIX, create_app
+from riverdelta.airflow.ui_app import PREFIX, create_app
 
 
 class RiverdeltaPlugin(AirflowPlugin):

@@ -23,7 +23,7 @@ def is_kafka_metrics_bug(message: str) -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from riverdelta.submit import add_ingest_arguments
+    from riverdelta.launch.submit import add_ingest_arguments
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -45,9 +45,9 @@ def kafka_problem(spec) -> str | None:
     login or handshake inside the query, with a stack trace per attempt, and a
     pattern that matches nothing would run a query that reads nothing, silently.
     """
-    from riverdelta import kafka_client
-    from riverdelta.health import source_topics
-    from riverdelta.settings import ConfigError, settings
+    from riverdelta.config.settings import ConfigError, settings
+    from riverdelta.kafka import client as kafka_client
+    from riverdelta.ops.health import source_topics
 
     try:
         kafka_client.check()
@@ -68,8 +68,8 @@ def record_error(stream: str, problem: str) -> None:
     """The problem becomes the stream's last error in `riverdelta status`."""
     import time
 
-    from riverdelta.listener import read_record, terminated_record, write_atomic
-    from riverdelta.status import progress_file
+    from riverdelta.ops.status import progress_file
+    from riverdelta.stream.listener import read_record, terminated_record, write_atomic
 
     path = progress_file(stream)
     record = terminated_record(
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parse_args(argv)
 
-    from riverdelta.ingest import (
+    from riverdelta.config.registry import load_registry
+    from riverdelta.stream.ingest import (
         gold_failure,
         kafka_starting_options,
         make_job,
@@ -92,14 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         start_query,
         stop_gold,
     )
-    from riverdelta.registry import load_registry
 
     try:
         spec = load_registry(args.registry).get(args.stream)
         kafka_starting_options(args.starting)
         until = None
         if args.until:
-            from riverdelta.backfill import parse_offsets
+            from riverdelta.backfill.replay import parse_offsets
 
             until = parse_offsets(args.until, spec.source)
         job = make_job(
@@ -120,23 +120,23 @@ def main(argv: list[str] | None = None) -> int:
             record_error(spec.name, problem)
         return 2
 
-    from riverdelta.spark import get_spark
+    from riverdelta.launch.spark import get_spark
 
     spark = get_spark(f"riverdelta-{spec.name}-{args.mode}")
     spark.sparkContext.setLogLevel("WARN")
     # Local mode never prints its application id; the launcher reads it from this line.
     print(f"Riverdelta driver application id: {spark.sparkContext.applicationId}", flush=True)
     if args.mode == "live":
-        from riverdelta.listener import make_progress_listener
-        from riverdelta.status import progress_file
+        from riverdelta.ops.status import progress_file
+        from riverdelta.stream.listener import make_progress_listener
 
         # Rates and the last exception for `riverdelta status`; lag itself comes from the checkpoint.
         spark.streams.addListener(make_progress_listener(progress_file(spec.name)))
-        from riverdelta.group_offsets import make_group_committer
+        from riverdelta.kafka.group_offsets import make_group_committer
 
         # Processed offsets in a consumer group, for Kafka's own lag tools (reporting only).
         spark.streams.addListener(make_group_committer(spec.name, f"riverdelta-{spec.name}-live"))
-    log = logging.getLogger("riverdelta.ingest")
+    log = logging.getLogger("riverdelta.stream.ingest")
     for attempt in range(MAX_METRICS_BUG_RESTARTS + 1):
         query = start_query(
             spark,

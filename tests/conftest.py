@@ -35,7 +35,7 @@ if "RIVERDELTA_TEST_HOME" not in os.environ:
     os.environ["RIVERDELTA_AIRFLOW_PORT"] = str(_free_port())
     os.environ.setdefault("RIVERDELTA_SPARK_MASTER", "local[2]")
     # Airflow reads its configuration when first imported: give it the test home now.
-    from riverdelta.airflow_env import airflow_env
+    from riverdelta.airflow.env import airflow_env
 
     os.environ.update(airflow_env())
 
@@ -54,7 +54,7 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def spark():
-    from riverdelta.spark import get_spark
+    from riverdelta.launch.spark import get_spark
 
     session = get_spark("riverdelta-tests", ui=False)
     session.sparkContext.setLogLevel("ERROR")
@@ -65,7 +65,7 @@ def spark():
 @pytest.fixture(scope="session")
 def kafka():
     """A real KRaft broker for the session, started and stopped by the tests."""
-    from riverdelta import kafka_broker
+    from riverdelta.embedded import kafka_broker
 
     kafka_broker.start()
     yield kafka_broker.bootstrap()
@@ -77,7 +77,7 @@ def topic(kafka, request):
     """A fresh 3-partition topic per test."""
     import uuid
 
-    from riverdelta import kafka_client
+    from riverdelta.kafka import client as kafka_client
 
     name = f"t-{request.node.name[:40].replace('[', '-').replace(']', '')}-{uuid.uuid4().hex[:6]}"
     kafka_client.create_topics({name: 3})
@@ -94,7 +94,7 @@ def lake(tmp_path) -> Path:
 @pytest.fixture()
 def lake_env(tmp_path, monkeypatch):
     """A lake of the test's own (``RIVERDELTA_LAKE``), with the settings re-read around it."""
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
 
     monkeypatch.setenv("RIVERDELTA_LAKE", str(tmp_path / "lake"))
     settings.cache_clear()

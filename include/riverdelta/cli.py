@@ -7,13 +7,13 @@ import sys
 
 
 def jars_sets() -> tuple[str, ...]:
-    from riverdelta.jars import SETS
+    from riverdelta.launch.jars import SETS
 
     return SETS
 
 
 def _cmd_jars(args: argparse.Namespace) -> int:
-    from riverdelta import jars
+    from riverdelta.launch import jars
 
     if args.sets:
         for name in args.sets:
@@ -26,8 +26,10 @@ def _cmd_jars(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     import time
 
-    from riverdelta import airflow_env, airflow_stack, kafka_broker, kafka_client
-    from riverdelta.registry import load_registry
+    from riverdelta.airflow import env as airflow_env
+    from riverdelta.config.registry import load_registry
+    from riverdelta.embedded import airflow_stack, kafka_broker
+    from riverdelta.kafka import client as kafka_client
 
     registry = load_registry()  # a contract that does not parse fails before anything starts
     t0 = time.monotonic()
@@ -50,8 +52,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    from riverdelta import airflow_stack, kafka_broker, procs
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
+    from riverdelta.embedded import airflow_stack, kafka_broker
+    from riverdelta.launch import procs
 
     # Airflow first: a reconcile run would otherwise restart the drivers stopped next.
     for comp in airflow_stack.stop():
@@ -72,9 +75,9 @@ def _cmd_down(args: argparse.Namespace) -> int:
 def _cmd_produce(args: argparse.Namespace) -> int:
     import json
 
-    from riverdelta.generator import produce
-    from riverdelta.registry import load_registry
-    from riverdelta.settings import settings
+    from riverdelta.config.registry import load_registry
+    from riverdelta.config.settings import settings
+    from riverdelta.embedded.generator import produce
 
     spec = load_registry().get(args.stream)
     summary = produce(
@@ -101,8 +104,8 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> list[str]:
     """The spark-submit command of ``riverdelta run``: every option it accepts is passed on."""
-    from riverdelta.registry import load_registry
-    from riverdelta.submit import build_command, ingest_args
+    from riverdelta.config.registry import load_registry
+    from riverdelta.launch.submit import build_command, ingest_args
 
     spec = load_registry().get(args.stream)  # unknown stream: fail before spark-submit starts
     if args.mode == "live" and (args.until or args.skip_present):
@@ -128,8 +131,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    from riverdelta.airflow_env import airflow_env
-    from riverdelta.submit import submit_env
+    from riverdelta.airflow.env import airflow_env
+    from riverdelta.launch.submit import submit_env
 
     os.environ.update(airflow_env())  # the Spark connection the DAGs use
     try:
@@ -143,8 +146,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from riverdelta.registry import load_registry
-    from riverdelta.status import format_table, stream_status
+    from riverdelta.config.registry import load_registry
+    from riverdelta.ops.status import format_table, stream_status
 
     names = [args.stream] if args.stream else list(load_registry().streams)
     reports = [stream_status(n) for n in names]
@@ -155,7 +158,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_control(args: argparse.Namespace) -> int:
     import json
 
-    from riverdelta import control
+    from riverdelta.ops import control
 
     result = getattr(control, args.command)(args.stream, actor="cli")
     print(json.dumps(result, indent=2, default=str))
@@ -163,7 +166,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from riverdelta.demo import main as demo
+    from riverdelta.embedded.demo import main as demo
 
     return demo()
 
@@ -171,7 +174,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     import json
 
-    from riverdelta.quality import ValidationFailedError, validate_table
+    from riverdelta.quality.gate import ValidationFailedError, validate_table
 
     try:
         res = validate_table(args.table, full=args.full)
@@ -186,7 +189,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_suites(args: argparse.Namespace) -> int:
     import json
 
-    from riverdelta.quality import all_tables, load_suite
+    from riverdelta.quality.gate import all_tables, load_suite
 
     if args.show is None:
         for table in all_tables():
@@ -202,7 +205,7 @@ def _cmd_suites(args: argparse.Namespace) -> int:
 def _cmd_failed_rows(args: argparse.Namespace) -> int:
     import json
 
-    from riverdelta.quality import failed_rows, resolve_table
+    from riverdelta.quality.gate import failed_rows, resolve_table
 
     resolve_table(args.table)  # an unknown table is an error, not an empty answer
     for row in failed_rows(args.table, args.run_id):
@@ -213,7 +216,7 @@ def _cmd_failed_rows(args: argparse.Namespace) -> int:
 def _cmd_tables(args: argparse.Namespace) -> int:
     import json
 
-    from riverdelta.read import tables_report
+    from riverdelta.quality.read import tables_report
 
     report = tables_report()
     if args.json:
@@ -230,7 +233,7 @@ def _cmd_tables(args: argparse.Namespace) -> int:
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
-    from riverdelta.backfill import follow_backfill
+    from riverdelta.backfill.replay import follow_backfill
 
     conf = {
         "mode": args.mode,
@@ -243,7 +246,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from riverdelta.submit import add_ingest_arguments
+    from riverdelta.launch.submit import add_ingest_arguments
 
     parser = argparse.ArgumentParser(prog="riverdelta", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -345,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from riverdelta.settings import ConfigError
+    from riverdelta.config.settings import ConfigError
 
     parser = build_parser()
     args = parser.parse_args(argv)

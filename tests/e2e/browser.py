@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from riverdelta.settings import PROJECT_ROOT
+from riverdelta.config.settings import PROJECT_ROOT
 
 ARTIFACTS = Path(
     os.environ.get("RIVERDELTA_TEST_ARTIFACTS", PROJECT_ROOT / "results" / "test-artifacts")

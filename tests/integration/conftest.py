@@ -10,7 +10,7 @@ import yaml
 
 @pytest.fixture(scope="module")
 def airflow_db():
-    from riverdelta import airflow_stack
+    from riverdelta.embedded import airflow_stack
 
     airflow_stack.migrate()
 
@@ -22,8 +22,8 @@ def stream_registry(tmp_path, kafka, monkeypatch):
     ``make(...)`` returns the stream name; the registry file is ``RIVERDELTA_STREAMS``
     (a test may rewrite it, e.g. to change the contract).
     """
-    from riverdelta import kafka_client
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
+    from riverdelta.kafka import client as kafka_client
 
     def make(
         restart: dict | None = None, health: dict | None = None, extra: dict | None = None

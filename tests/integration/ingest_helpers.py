@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from riverdelta.registry import StreamSpec, load_registry
+from riverdelta.config.registry import StreamSpec, load_registry
 
 
 def spec_on_topic(stream: str, topic: str) -> StreamSpec:
@@ -15,7 +15,7 @@ def spec_on_topic(stream: str, topic: str) -> StreamSpec:
 
 def lake_job(spec: StreamSpec, mode: str, lake: Path, name: str, **kwargs):
     """An ingest job on ``lake``: checkpoint ``_checkpoints/<name>``, its tables and ops."""
-    from riverdelta.ingest import make_job
+    from riverdelta.stream.ingest import make_job
 
     return make_job(
         spec,
@@ -30,7 +30,7 @@ def lake_job(spec: StreamSpec, mode: str, lake: Path, name: str, **kwargs):
 def run_replay(
     spark, spec: StreamSpec, lake: Path, *, max_offsets: int | None = None, name: str = "replay"
 ):
-    from riverdelta.ingest import start_query
+    from riverdelta.stream.ingest import start_query
 
     job = lake_job(spec, "replay", lake, name)
     query = start_query(spark, job, starting="earliest", max_offsets_per_trigger=max_offsets)
@@ -42,7 +42,7 @@ def run_replay(
 
 def finish_gold(job) -> None:
     """What a replay driver does at its end: let the gold refresher write what is pending."""
-    from riverdelta.ingest import stop_gold
+    from riverdelta.stream.ingest import stop_gold
 
     stop_gold(job)
 
@@ -51,12 +51,12 @@ def gold_caught_up(job) -> bool:
     """Every gold table carries this app's txn for its newest silver batch with rows.
 
     The refresher's consistency marker: gold reflects every silver row of the app
-    whose batch id is at most gold's txn version (see riverdelta.gold).
+    whose batch id is at most gold's txn version (see riverdelta.stream.gold).
     """
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    from riverdelta import storage
+    from riverdelta.storage import roots as storage
 
     try:
         silver = storage.delta_table(job.tables["silver"]).to_pyarrow_dataset()
@@ -91,8 +91,8 @@ def assert_invariants(spark, spec: StreamSpec, job, summary: dict) -> dict:
     """The ingest invariants, for any number of runs and crashes; returns the counts."""
     from pyspark.sql import functions as F
 
-    from riverdelta import storage
-    from riverdelta import transforms as T
+    from riverdelta.storage import roots as storage
+    from riverdelta.stream import transforms as T
 
     sent = summary["sent"]
     bronze = read(spark, job.tables["bronze"])
@@ -138,8 +138,8 @@ def assert_invariants(spark, spec: StreamSpec, job, summary: dict) -> dict:
 
 def start_live_driver(registry: Path, lake: Path, stream: str, name: str):
     """A live spark-submit driver on ``lake/cp`` and ``lake/tables``, registry from a file."""
-    from riverdelta import procs
-    from riverdelta.submit import build_command, ingest_args, submit_env
+    from riverdelta.launch import procs
+    from riverdelta.launch.submit import build_command, ingest_args, submit_env
 
     args = ingest_args(
         stream,
@@ -155,7 +155,7 @@ def start_live_driver(registry: Path, lake: Path, stream: str, name: str):
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 2.0, driver=None):
     """Poll ``predicate`` until truthy; fail at once if ``driver`` (a ProcInfo) dies."""
-    from riverdelta import procs
+    from riverdelta.launch import procs
 
     deadline = time.monotonic() + timeout
     last = None
@@ -172,14 +172,14 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 2.0, driver
 
 
 def status(stream: str) -> dict:
-    from riverdelta.status import stream_status
+    from riverdelta.ops.status import stream_status
 
     return stream_status(stream)
 
 
 def produce(stream: str, n: int, seed: int, **rates) -> dict:
-    from riverdelta.generator import produce as gen
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
+    from riverdelta.embedded.generator import produce as gen
 
     return gen(
         load_registry().get(stream), n, bootstrap=settings().kafka_bootstrap, seed=seed, **rates
@@ -191,7 +191,7 @@ def produce_in_background(
 ) -> tuple[threading.Thread, dict]:
     """A producer thread (started) sending ``events`` over ``seconds`` with some poison,
     duplicates and late events; the dict gets the generator's summary when it is done."""
-    from riverdelta.generator import produce as gen
+    from riverdelta.embedded.generator import produce as gen
 
     summary: dict = {}
 

@@ -32,15 +32,15 @@ pytestmark = pytest.mark.integration
 
 
 def run_backfill(stream: str, **conf):
-    from riverdelta.dag_factory import backfill_dag
-    from riverdelta.registry import load_registry
+    from riverdelta.airflow.stream_dags import backfill_dag
+    from riverdelta.config.registry import load_registry
 
     dag = backfill_dag(load_registry().get(stream))
     return dag.test(run_conf=conf)
 
 
 def last_backfill(stream: str) -> dict:
-    from riverdelta import ops
+    from riverdelta.ops import state as ops
 
     rows = ops.history(stream, "backfill")
     assert rows, "every backfill is in the ops history"
@@ -49,8 +49,8 @@ def last_backfill(stream: str) -> dict:
 
 def ingest_live_in_process(spark, stream: str) -> None:
     """Run the stream's live query in this process until the topic is drained, then stop."""
-    from riverdelta.ingest import await_gold, make_job, start_query, stop_gold
-    from riverdelta.registry import load_registry
+    from riverdelta.config.registry import load_registry
+    from riverdelta.stream.ingest import await_gold, make_job, start_query, stop_gold
 
     job = make_job(load_registry().get(stream), "live")
     query = start_query(spark, job, trigger="1 second")
@@ -63,9 +63,9 @@ def ingest_live_in_process(spark, stream: str) -> None:
 
 
 def table_versions(stream: str) -> dict[str, int | None]:
-    from riverdelta.lake import TableSet
-    from riverdelta.quality import latest_version
-    from riverdelta.registry import load_registry
+    from riverdelta.config.registry import load_registry
+    from riverdelta.quality.gate import latest_version
+    from riverdelta.storage.lake import TableSet
 
     spec = load_registry().get(stream)
     return {layer: latest_version(p) for layer, p in TableSet.for_stream(spec).paths.items()}
@@ -102,7 +102,7 @@ class Producer:
 @contextmanager
 def live_stream(name: str, seed: int) -> Iterator[Sent]:
     """A deployed live stream that has ingested 1500 events; stopped on exit."""
-    from riverdelta import control
+    from riverdelta.ops import control
 
     sent = Sent()
     control.deploy(name, actor="test")
@@ -116,8 +116,8 @@ def live_stream(name: str, seed: int) -> Iterator[Sent]:
 
 
 def _live_job(name: str):
-    from riverdelta.ingest import make_job
-    from riverdelta.registry import load_registry
+    from riverdelta.config.registry import load_registry
+    from riverdelta.stream.ingest import make_job
 
     return make_job(load_registry().get(name), "live")
 
@@ -125,8 +125,9 @@ def _live_job(name: str):
 def test_refusals_change_nothing_and_dry_run_reports(airflow_db, stream_registry, spark):
     from confluent_kafka import TopicPartition
 
-    from riverdelta import backfill, kafka_broker
-    from riverdelta.registry import load_registry
+    from riverdelta.backfill import replay as backfill
+    from riverdelta.config.registry import load_registry
+    from riverdelta.embedded import kafka_broker
 
     name = stream_registry()
     spec = load_registry().get(name)
@@ -198,7 +199,7 @@ class Maintainer:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from riverdelta.maintenance import maintain_stream
+        from riverdelta.ops.maintenance import maintain_stream
 
         stream, passes, pause = self._args
         for _ in range(passes):
@@ -218,9 +219,9 @@ class Maintainer:
 def test_range_while_live_and_maintenance_writes_nothing_twice(airflow_db, stream_registry, spark):
     """The live stream, a range backfill and table maintenance at once: none fails, no
     record is written twice or lost, and the gate's next increment is exactly the new rows."""
-    from riverdelta import quality
-    from riverdelta.ingest import make_job
-    from riverdelta.registry import load_registry
+    from riverdelta.config.registry import load_registry
+    from riverdelta.quality import gate as quality
+    from riverdelta.stream.ingest import make_job
 
     name = stream_registry()
     with live_stream(name, seed=11) as sent:
@@ -259,10 +260,10 @@ def test_quarantine_replay_resolves_what_now_passes(airflow_db, stream_registry,
     from confluent_kafka import Producer as KafkaProducer
     from pyspark.sql import functions as F
 
-    from riverdelta import transforms as T
-    from riverdelta.lake import TableSet
-    from riverdelta.registry import load_registry
-    from riverdelta.settings import settings
+    from riverdelta.config.registry import load_registry
+    from riverdelta.config.settings import settings
+    from riverdelta.storage.lake import TableSet
+    from riverdelta.stream import transforms as T
 
     name = stream_registry()
     spec = load_registry().get(name)
@@ -335,9 +336,9 @@ def _business_columns(layer: str, columns: list[str]) -> list[str]:
 def test_rebuild_equals_a_fresh_replay_and_hands_over(
     airflow_db, stream_registry, spark, tmp_path, monkeypatch
 ):
-    from riverdelta import quality
-    from riverdelta.lake import TableSet, stream_location
-    from riverdelta.registry import load_registry
+    from riverdelta.config.registry import load_registry
+    from riverdelta.quality import gate as quality
+    from riverdelta.storage.lake import TableSet, stream_location
 
     name = stream_registry()
     spec = load_registry().get(name)

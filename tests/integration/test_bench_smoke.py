@@ -20,7 +20,7 @@ def _positive(results: dict, dotted: str) -> float:
 
 
 def test_bench_smoke(spark, tmp_path):
-    from riverdelta import bench
+    from riverdelta.bench import run as bench
 
     docs_before = bench.DOCS.read_bytes() if bench.DOCS.exists() else None
     # The test session's Spark is reused (and left running); the broker is the bench's own.

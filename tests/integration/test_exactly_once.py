@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 
 def _registry_on_topic(tmp_path, stream: str, topic: str):
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
 
     data = yaml.safe_load(settings().streams_file.read_text())
     data["streams"] = {stream: {**data["streams"][stream], "topic": topic}}
@@ -49,8 +49,8 @@ def _counted(spark, job) -> int:
 
 
 def _crash_loop(spark, kafka, topic, lake, tmp_path, *, events: int, kills: int, seed: int):
-    from riverdelta import procs
-    from riverdelta.ingest import make_job
+    from riverdelta.launch import procs
+    from riverdelta.stream.ingest import make_job
 
     stream = "transactions"
     spec = spec_on_topic(stream, topic)

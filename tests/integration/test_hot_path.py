@@ -19,15 +19,15 @@ pytestmark = pytest.mark.integration
 
 
 def _delta_rows(path: str, columns: list[str]) -> list[dict]:
-    from riverdelta import storage
+    from riverdelta.storage import roots as storage
 
     return storage.delta_table(path).to_pyarrow_table(columns=columns).to_pylist()
 
 
 def test_live_on_a_new_checkpoint_starts_after_what_the_tables_hold(spark, kafka, topic, lake):
     """Replay from earliest, then a live query on a fresh checkpoint over the same tables."""
-    from riverdelta.generator import produce
-    from riverdelta.ingest import await_gold, start_query, stop_gold
+    from riverdelta.embedded.generator import produce
+    from riverdelta.stream.ingest import await_gold, start_query, stop_gold
 
     spec = spec_on_topic("transactions", topic)
     rates = {"poison_rate": 0.05, "duplicate_rate": 0.03, "late_rate": 0.01}
@@ -71,9 +71,10 @@ def test_backlog_is_worked_through_in_bounded_batches(airflow_db, stream_registr
     """A deployed stream restarted on 60k records: bounded batches, no health restart."""
     from pyspark.sql import functions as F
 
-    from riverdelta import control, ops
-    from riverdelta.ingest import make_job
-    from riverdelta.registry import load_registry
+    from riverdelta.config.registry import load_registry
+    from riverdelta.ops import control
+    from riverdelta.ops import state as ops
+    from riverdelta.stream.ingest import make_job
     from tests.integration.ingest_helpers import produce
 
     bound = 10_000

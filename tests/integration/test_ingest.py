@@ -11,7 +11,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize("stream", ["transactions", "page_views"])
 def test_replay_reconciles(spark, kafka, topic, lake, stream):
-    from riverdelta.generator import produce
+    from riverdelta.embedded.generator import produce
 
     spec = spec_on_topic(stream, topic)
     summary = produce(
@@ -25,8 +25,8 @@ def test_replay_reconciles(spark, kafka, topic, lake, stream):
 
 def test_replayed_batch_is_skipped(spark, kafka, topic, lake):
     """Running a batch again (as after a crash) writes nothing twice."""
-    from riverdelta.generator import produce
-    from riverdelta.ingest import process_batch
+    from riverdelta.embedded.generator import produce
+    from riverdelta.stream.ingest import process_batch
 
     spec = spec_on_topic("transactions", topic)
     summary = produce(spec, 1000, bootstrap=kafka, poison_rate=0.05, duplicate_rate=0.05, seed=3)
@@ -47,8 +47,8 @@ def test_replayed_batch_is_skipped(spark, kafka, topic, lake):
 
 
 def test_checkpoint_of_another_stream_is_refused(lake):
-    from riverdelta.ingest import CheckpointMismatchError, make_job
-    from riverdelta.registry import load_registry
+    from riverdelta.config.registry import load_registry
+    from riverdelta.stream.ingest import CheckpointMismatchError, make_job
 
     reg = load_registry()
     cp = str(lake / "cp")

@@ -43,7 +43,8 @@ def test_produce_and_consume_10k(kafka, topic):
 
 
 def test_start_is_idempotent(kafka):
-    from riverdelta import kafka_broker, procs
+    from riverdelta.embedded import kafka_broker
+    from riverdelta.launch import procs
 
     before = procs.running(kafka_broker.NAME)
     again = kafka_broker.start()
@@ -53,7 +54,7 @@ def test_start_is_idempotent(kafka):
 def test_stale_pid_file_is_ignored(kafka):
     import json
 
-    from riverdelta import procs
+    from riverdelta.launch import procs
 
     # A pid file pointing at a live but unrelated process (this test) must not be trusted.
     path = procs.pid_file("ghost")

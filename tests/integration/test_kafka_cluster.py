@@ -54,8 +54,8 @@ def _free_ports(n: int) -> list[int]:
 @pytest.fixture()
 def cluster(monkeypatch):
     """Three brokers; settings point at them (bootstrap, replication 3, min ISR 2)."""
-    from riverdelta import kafka_broker
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
+    from riverdelta.embedded import kafka_broker
 
     ports = _free_ports(6)
     nodes = kafka_broker.cluster_nodes(
@@ -99,7 +99,7 @@ class Traffic(threading.Thread):
     def _run(self) -> None:
         from confluent_kafka import Producer
 
-        from riverdelta.generator import generate
+        from riverdelta.embedded.generator import generate
 
         producer = Producer(
             {
@@ -161,7 +161,7 @@ class Traffic(threading.Thread):
 
 
 def _registry_on_topic(tmp_path, topic: str):
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
 
     data = yaml.safe_load(settings().streams_file.read_text())
     data["streams"] = {STREAM: {**data["streams"][STREAM], "topic": topic}}
@@ -171,21 +171,21 @@ def _registry_on_topic(tmp_path, topic: str):
 
 
 def _bootstrap() -> str:
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
 
     return settings().kafka_bootstrap
 
 
 def _partitions(topic: str) -> dict[int, tuple[int, list[int], list[int]]]:
     """partition -> (leader, replicas, ISR), from a fresh metadata request."""
-    from riverdelta import kafka_broker
+    from riverdelta.embedded import kafka_broker
 
     meta = kafka_broker.admin_client().list_topics(topic, timeout=10).topics[topic]
     return {p: (m.leader, list(m.replicas), list(m.isrs)) for p, m in meta.partitions.items()}
 
 
 def _health(lake, topic: str):
-    from riverdelta.health import compute_health
+    from riverdelta.ops.health import compute_health
 
     return compute_health(lake / "cp", _bootstrap(), topic)
 
@@ -193,8 +193,10 @@ def _health(lake, topic: str):
 def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path):
     from confluent_kafka.admin import ConfigResource
 
-    from riverdelta import kafka_broker, kafka_client, procs
-    from riverdelta.ingest import make_job
+    from riverdelta.embedded import kafka_broker
+    from riverdelta.kafka import client as kafka_client
+    from riverdelta.launch import procs
+    from riverdelta.stream.ingest import make_job
 
     t_start = time.monotonic()
     topic = f"t-cluster-{uuid.uuid4().hex[:6]}"
@@ -219,7 +221,7 @@ def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path
     name = f"cluster-{topic}"
     traffic = Traffic(spec, _bootstrap())
     traffic.start()
-    from riverdelta.submit import submit_env
+    from riverdelta.launch.submit import submit_env
 
     # submit_env hands the driver the resolved settings: the cluster's bootstrap.
     assert submit_env()["RIVERDELTA_KAFKA_BOOTSTRAP"] == _bootstrap()

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,18 +31,18 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def secured():
-    """(password, runtime home) of a SASL_SSL embedded broker started for this module."""
-    from riverdelta import kafka_broker
-    from riverdelta.settings import settings
+@contextmanager
+def _secured_broker(protocol: str, mechanism: str, home_name: str):
+    """(password, runtime home) of an embedded broker speaking ``protocol``, with SCRAM users."""
+    from riverdelta.config.settings import settings
+    from riverdelta.embedded import kafka_broker
 
     password = f"Rd-{secrets.token_urlsafe(16)}"
     secret_dir = Path(tempfile.mkdtemp(prefix="riverdelta-secret-"))
     pw_file = secret_dir / "kafka.password"
     pw_file.touch(mode=0o600)
     pw_file.write_text(password)
-    home = Path(os.environ["RIVERDELTA_TEST_HOME"]) / "secured"
+    home = Path(os.environ["RIVERDELTA_TEST_HOME"]) / home_name
     env = {
         "RIVERDELTA_HOME": str(home),
         "RIVERDELTA_LAKE": str(home / "lake"),
@@ -50,8 +51,8 @@ def secured():
         "RIVERDELTA_KAFKA_CONTROLLER_PORT": str(_free_port()),
         "RIVERDELTA_KAFKA_INTERNAL_PORT": str(_free_port()),
         "RIVERDELTA_KAFKA_TLS_PORT": str(_free_port()),
-        "RIVERDELTA_KAFKA_SECURITY": "sasl_ssl",
-        "RIVERDELTA_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "RIVERDELTA_KAFKA_SECURITY": protocol,
+        "RIVERDELTA_KAFKA_SASL_MECHANISM": mechanism,
         "RIVERDELTA_KAFKA_SASL_PASSWORD_FILE": str(pw_file),
     }
     with pytest.MonkeyPatch.context() as mp:
@@ -69,10 +70,17 @@ def secured():
     settings.cache_clear()
 
 
+@pytest.fixture(scope="module")
+def secured():
+    """(password, runtime home) of a SASL_SSL embedded broker started for this module."""
+    with _secured_broker("sasl_ssl", "SCRAM-SHA-512", "secured") as started:
+        yield started
+
+
 @pytest.fixture(autouse=True)
 def _fresh_settings():
     """A test's monkeypatched variables must not outlive it in the settings cache."""
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
 
     settings.cache_clear()
     yield
@@ -80,7 +88,7 @@ def _fresh_settings():
 
 
 def _registry(tmp_path: Path, topic: str) -> tuple[str, Path]:
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
 
     data = yaml.safe_load(settings().streams_file.read_text())
     name = f"sec{uuid.uuid4().hex[:6]}"
@@ -114,15 +122,19 @@ def _grep_files(root: Path, needle: str) -> list[str]:
 
 
 def test_sasl_ssl_live_ingest_lag_backfill_and_no_leak(secured, spark, tmp_path, monkeypatch):
-    from riverdelta import backfill, group_offsets, kafka_broker, kafka_client, procs
-    from riverdelta.generator import produce
-    from riverdelta.health import compute_health, nest
-    from riverdelta.ingest import make_job
-    from riverdelta.kafka_client import client_config
-    from riverdelta.lake import live_checkpoint
-    from riverdelta.registry import load_registry
-    from riverdelta.settings import settings
-    from riverdelta.submit import build_command, ingest_args, submit_env
+    from riverdelta.backfill import replay as backfill
+    from riverdelta.config.registry import load_registry
+    from riverdelta.config.settings import settings
+    from riverdelta.embedded import kafka_broker
+    from riverdelta.embedded.generator import produce
+    from riverdelta.kafka import client as kafka_client
+    from riverdelta.kafka import group_offsets
+    from riverdelta.kafka.client import client_config
+    from riverdelta.launch import procs
+    from riverdelta.launch.submit import build_command, ingest_args, submit_env
+    from riverdelta.ops.health import compute_health, nest
+    from riverdelta.storage.lake import live_checkpoint
+    from riverdelta.stream.ingest import make_job
 
     password, home = secured
     topic = f"rd.sec-{uuid.uuid4().hex[:6]}"
@@ -211,12 +223,13 @@ def test_sasl_ssl_live_ingest_lag_backfill_and_no_leak(secured, spark, tmp_path,
 
 
 def test_mtls_produce_and_replay(secured, spark, tmp_path, monkeypatch):
-    from riverdelta import backfill, kafka_client
-    from riverdelta.generator import produce
-    from riverdelta.health import compute_health
-    from riverdelta.ingest import make_job, start_query
-    from riverdelta.registry import load_registry
-    from riverdelta.settings import settings
+    from riverdelta.backfill import replay as backfill
+    from riverdelta.config.registry import load_registry
+    from riverdelta.config.settings import settings
+    from riverdelta.embedded.generator import produce
+    from riverdelta.kafka import client as kafka_client
+    from riverdelta.ops.health import compute_health
+    from riverdelta.stream.ingest import make_job, start_query
     from tests.integration.ingest_helpers import finish_gold, read
 
     topic = f"rd.mtls-{uuid.uuid4().hex[:6]}"
@@ -261,10 +274,10 @@ def _driver(stream_registry: Path, stream: str, env: dict[str, str]):
 
 def test_bad_settings_fail_fast_with_one_line_and_show_in_status(secured, tmp_path, monkeypatch):
     """The driver's pre-flight refuses before Spark starts; status shows it as the last error."""
-    from riverdelta.listener import read_record
-    from riverdelta.settings import settings
-    from riverdelta.status import progress_file
-    from riverdelta.submit import submit_env
+    from riverdelta.config.settings import settings
+    from riverdelta.launch.submit import submit_env
+    from riverdelta.ops.status import progress_file
+    from riverdelta.stream.listener import read_record
 
     assert secured
     stream, registry = _registry(tmp_path, "rd.any")
@@ -323,3 +336,55 @@ def test_bad_settings_fail_fast_with_one_line_and_show_in_status(secured, tmp_pa
     settings.cache_clear()
     assert "is readable by others" in status(stream)["last_error"]
     assert json.dumps(record).count("\n") == 0
+
+
+def test_sasl_plaintext_through_the_kafka_default_connection(spark, tmp_path, monkeypatch):
+    """SASL_PLAINTEXT + SCRAM-SHA-256, set only on the Airflow connection (password too).
+
+    The settings keep the broker's address only for starting it; inside
+    ``kafka_connection`` the look-ups, the generator and the Spark source read the
+    connection. Outside it the settings say PLAINTEXT and the broker refuses them.
+    """
+    from riverdelta.airflow.env import kafka_connection
+    from riverdelta.config.registry import load_registry
+    from riverdelta.config.settings import settings
+    from riverdelta.embedded.generator import produce
+    from riverdelta.kafka import client as kafka_client
+    from riverdelta.ops.health import watermarks
+
+    with _secured_broker("sasl_plaintext", "SCRAM-SHA-256", "sasl-plaintext") as (password, _):
+        bootstrap = settings().kafka_bootstrap
+        extra = {
+            "bootstrap.servers": bootstrap,
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "SCRAM-SHA-256",
+        }
+        conn = {"conn_type": "kafka", "extra": extra, "login": "riverdelta", "password": password}
+        with pytest.MonkeyPatch.context() as mp:
+            for key in ("SECURITY", "SASL_MECHANISM", "SASL_PASSWORD_FILE"):
+                mp.delenv(f"RIVERDELTA_KAFKA_{key}")
+            mp.setenv("AIRFLOW_CONN_KAFKA_DEFAULT", json.dumps(conn))
+            settings.cache_clear()
+            with pytest.raises(kafka_client.KafkaClientError):
+                kafka_client.check(timeout=10)  # PLAINTEXT against a SASL listener
+            topic = f"rd.sp-{uuid.uuid4().hex[:6]}"
+            stream, registry = _registry(tmp_path, topic)
+            mp.setenv("RIVERDELTA_STREAMS", str(registry))
+            with kafka_connection() as cfg:
+                assert (cfg.protocol, cfg.mechanism) == ("SASL_PLAINTEXT", "SCRAM-SHA-256")
+                kafka_client.check(timeout=10)
+                assert kafka_client.create_topics({topic: 2}) == [topic]
+                spec = load_registry().get(stream)
+                sent = produce(spec, 300, bootstrap=bootstrap, seed=41)["sent"]
+                marks = watermarks(bootstrap, spec.source)
+                assert sum(hi - lo for lo, hi in marks.values()) == sent == 300
+                opts = kafka_client.config_for(None).spark_options()
+                rows = (
+                    spark.read.format("kafka")
+                    .options(**opts)
+                    .option("subscribe", topic)
+                    .load()
+                    .count()
+                )
+                assert rows == 300
+            assert settings().kafka_security_protocol == "PLAINTEXT"

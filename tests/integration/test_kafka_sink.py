@@ -36,7 +36,7 @@ STREAM, GOLD = "transactions", "user_5m"
 
 
 def _registry(tmp_path, topic: str, sink_topic: str):
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
 
     data = yaml.safe_load(settings().streams_file.read_text())
     # Small batches: the kills land between batches of a stream still being worked through.
@@ -60,7 +60,7 @@ def _read_all(topic: str, isolation: str, timeout: float = 60.0) -> list:
     """Every record of ``topic`` from the start, as the given isolation level returns them."""
     from confluent_kafka import KafkaError, TopicPartition
 
-    from riverdelta import kafka_client
+    from riverdelta.kafka import client as kafka_client
 
     consumer = kafka_client.consumer(**{"isolation.level": isolation, "enable.partition.eof": True})
     try:
@@ -92,7 +92,7 @@ def _epoch(iso: str) -> int:
 
 
 def _kill(info) -> None:
-    from riverdelta import procs
+    from riverdelta.launch import procs
 
     os.killpg(info.pid, signal.SIGKILL)
     while procs.alive(info):
@@ -103,10 +103,10 @@ def _kill(info) -> None:
 def test_kafka_sink_exactly_once_under_sigkill(spark, kafka, topic, lake, tmp_path, capsys):
     from pyspark.sql import functions as F
 
-    from riverdelta import procs
-    from riverdelta.ingest import make_job
-    from riverdelta.registry import load_registry
-    from riverdelta.sink import MARKER_KEY, Marker, read_marker
+    from riverdelta.config.registry import load_registry
+    from riverdelta.launch import procs
+    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.kafka_sink import MARKER_KEY, Marker, read_marker
 
     sink_topic = f"{topic}-out"
     registry = _registry(tmp_path, topic, sink_topic)
@@ -151,7 +151,7 @@ def test_kafka_sink_exactly_once_under_sigkill(spark, kafka, topic, lake, tmp_pa
         gold_path = job.tables[f"gold_{GOLD}"]
 
         def sink_caught_up():
-            from riverdelta import storage
+            from riverdelta.storage import roots as storage
 
             marker = read_marker(sink.marker_topic, timeout=30)
             done = storage.delta_table(gold_path).transaction_version(job.app_id)

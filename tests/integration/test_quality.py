@@ -12,8 +12,10 @@ from decimal import Decimal
 
 import pytest
 
-from riverdelta import ops, quality, read
-from riverdelta.lake import ops_path, table_path
+from riverdelta.ops import state as ops
+from riverdelta.quality import gate as quality
+from riverdelta.quality import read
+from riverdelta.storage.lake import ops_path, table_path
 
 pytestmark = pytest.mark.integration
 
@@ -179,7 +181,7 @@ def test_gold_must_match_silver_for_closed_windows(spark, lake_env):
 def test_bronze_reconciles_with_ingest_batches(spark, lake_env):
     from pyspark.sql import functions as F
 
-    from riverdelta.ingest import batch_counts_df
+    from riverdelta.stream.ingest import batch_counts_df
 
     bronze_schema = (
         "key binary, value binary, topic string, partition int, offset long, "
@@ -244,7 +246,7 @@ def test_validation_vs_scan_measurement(spark, lake_env):
 
 def _both_engines(monkeypatch, spark, table: str, **kwargs) -> dict[str, dict]:
     """The same validation with GX's pandas engine and with its Spark engine (no publishing)."""
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
 
     results = {}
     for engine in ("pandas", "spark"):
@@ -349,7 +351,7 @@ def pv(i: int, **over) -> dict:
 
 
 def test_failed_rows_are_named_and_sensitive_values_never_shown(spark, lake_env, monkeypatch):
-    from riverdelta import suites
+    from riverdelta.quality import suites
 
     # A refinement on the sensitive field, so that a failure would show its values.
     folder = lake_env.parent / "suites"

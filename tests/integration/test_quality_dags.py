@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("airflow_db", "la
 
 def run_gate(**conf):
     """One run of the ``quality_transactions`` gate: (run state, its verdict task, its XCom)."""
-    from riverdelta.quality_dags import quality_dag
+    from riverdelta.airflow.quality_dags import quality_dag
 
     dr = quality_dag("transactions").test(run_conf=conf)
     ti = dr.get_task_instance("report_verdict")
@@ -32,7 +32,7 @@ def run_quality(table: str, **conf):
 
 
 def validated_ids(table: str) -> list[str]:
-    from riverdelta import read
+    from riverdelta.quality import read
 
     return sorted(read.read_validated(table, engine="polars")["event_id"].to_list())
 
@@ -42,7 +42,8 @@ def ids(rows: list[dict]) -> list[str]:
 
 
 def test_good_data_is_validated_and_published(spark):
-    from riverdelta import ops, quality
+    from riverdelta.ops import state as ops
+    from riverdelta.quality import gate as quality
 
     first = [txn(i) for i in range(20)]
     append(spark, SILVER, first)
@@ -81,7 +82,8 @@ def test_good_data_is_validated_and_published(spark):
 
 
 def test_bad_increment_fails_the_run_pages_and_is_held_back(spark):
-    from riverdelta import ops, quality
+    from riverdelta.ops import state as ops
+    from riverdelta.quality import gate as quality
 
     good = [txn(i) for i in range(10)]
     append(spark, SILVER, good)
@@ -129,7 +131,8 @@ def test_bad_increment_fails_the_run_pages_and_is_held_back(spark):
 
 
 def test_a_stream_with_no_tables_yet_is_a_quiet_no_op():
-    from riverdelta import ops, quality
+    from riverdelta.ops import state as ops
+    from riverdelta.quality import gate as quality
 
     state, ti, result = run_gate()
     assert (state, ti.state) == ("success", "success")
@@ -142,14 +145,14 @@ def test_a_stream_with_no_tables_yet_is_a_quiet_no_op():
 
 def test_tables_that_need_spark_are_handed_to_the_pool_task(spark, monkeypatch):
     """Above the row bound the pandas task validates nothing and the Spark task does it."""
-    from riverdelta import quality
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
+    from riverdelta.quality import gate as quality
 
     monkeypatch.setenv("RIVERDELTA_VALIDATION_PANDAS_MAX_ROWS", "5")
     settings.cache_clear()
     rows = [txn(i) for i in range(12)]
     append(spark, SILVER, rows)
-    from riverdelta.quality_dags import quality_dag
+    from riverdelta.airflow.quality_dags import quality_dag
 
     dr = quality_dag("transactions").test(run_conf={"tables": [SILVER]})
     assert dr.state == "success"

@@ -27,8 +27,8 @@ def s3_root(tmp_path, monkeypatch):
     """A running S3Proxy with bucket ``riverdelta``; settings point the lake at it."""
     from urllib.request import urlopen
 
-    from riverdelta import jars, procs
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
+    from riverdelta.launch import jars, procs
 
     port = procs.free_port()
     data = tmp_path / "s3data"
@@ -92,14 +92,17 @@ def s3_root(tmp_path, monkeypatch):
 
 
 def test_s3a_root(s3_root, stream_registry, kafka):
-    from riverdelta import health, ops, quality, storage
-    from riverdelta.airflow_env import ensure_airflow_env
-    from riverdelta.lake import TableSet, checkpoint_path
-    from riverdelta.launchers import assert_no_secret_in_argv
-    from riverdelta.read import read_validated
-    from riverdelta.registry import load_registry
-    from riverdelta.settings import settings
-    from riverdelta.submit import build_command, ingest_args, submit_env
+    from riverdelta.airflow.env import ensure_airflow_env
+    from riverdelta.config.registry import load_registry
+    from riverdelta.config.settings import settings
+    from riverdelta.launch.launchers import assert_no_secret_in_argv
+    from riverdelta.launch.submit import build_command, ingest_args, submit_env
+    from riverdelta.ops import health
+    from riverdelta.ops import state as ops
+    from riverdelta.quality import gate as quality
+    from riverdelta.quality.read import read_validated
+    from riverdelta.storage import roots as storage
+    from riverdelta.storage.lake import TableSet, checkpoint_path
 
     stream = stream_registry()
     spec = load_registry().get(stream)

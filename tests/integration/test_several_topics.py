@@ -34,7 +34,7 @@ def _merged(*summaries: dict) -> dict:
 
 
 def _produce(spec, topic: str, n: int, seed: int, bootstrap: str) -> dict:
-    from riverdelta.generator import produce
+    from riverdelta.embedded.generator import produce
 
     return produce(
         spec.on_topic(topic),
@@ -49,10 +49,10 @@ def _produce(spec, topic: str, n: int, seed: int, bootstrap: str) -> dict:
 def test_two_named_topics_reconcile_and_resolve_per_topic_partition(spark, kafka, topic, lake):
     from pyspark.sql import functions as F
 
-    from riverdelta import kafka_client
-    from riverdelta.backfill import resolve
-    from riverdelta.health import compute_health
-    from riverdelta.ingest import start_query, stop_gold
+    from riverdelta.backfill.replay import resolve
+    from riverdelta.kafka import client as kafka_client
+    from riverdelta.ops.health import compute_health
+    from riverdelta.stream.ingest import start_query, stop_gold
 
     eu, us = f"{topic}.eu", f"{topic}.us"
     kafka_client.create_topics({eu: 2, us: 3})
@@ -96,9 +96,9 @@ def test_two_named_topics_reconcile_and_resolve_per_topic_partition(spark, kafka
 
 
 def test_a_pattern_stream_picks_up_a_topic_created_later(spark, kafka, topic, lake, monkeypatch):
-    from riverdelta import kafka_client
-    from riverdelta.health import compute_health
-    from riverdelta.ingest import start_query
+    from riverdelta.kafka import client as kafka_client
+    from riverdelta.ops.health import compute_health
+    from riverdelta.stream.ingest import start_query
     from spark_apps.ingest import kafka_problem
 
     first, later = f"{topic}.p-1", f"{topic}.p-2"

@@ -30,9 +30,9 @@ RATE = 150.0  # records/s: 20 s of traffic per phase
 @pytest.fixture()
 def cluster(monkeypatch):
     """Master + 2 workers (1 core, 1 GB each); RIVERDELTA_SPARK_MASTER and spark_default point at it."""
-    from riverdelta import spark_cluster
-    from riverdelta.airflow_env import airflow_env
-    from riverdelta.settings import settings
+    from riverdelta.airflow.env import airflow_env
+    from riverdelta.config.settings import settings
+    from riverdelta.embedded import spark_cluster
 
     started = spark_cluster.start(2, cores=1, memory="1g")
     try:
@@ -48,7 +48,7 @@ def cluster(monkeypatch):
 
 
 def _registry_on_topic(tmp_path: Path, topic: str) -> Path:
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
 
     data = yaml.safe_load(settings().streams_file.read_text())
     data["streams"] = {STREAM: {**data["streams"][STREAM], "topic": topic}}
@@ -85,8 +85,8 @@ def _counted(job) -> int:
 
 
 def _lag(job, topic: str) -> int:
-    from riverdelta.health import end_offsets, read_checkpoint
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
+    from riverdelta.ops.health import end_offsets, read_checkpoint
 
     state = read_checkpoint(job.checkpoint)
     done = state.end_offsets if state else {}
@@ -131,8 +131,8 @@ def _check_invariants(spec, job, summary: dict) -> dict:
 
 
 def _producer(spec, seed: int, sent: Sent) -> threading.Thread:
-    from riverdelta.generator import produce
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
+    from riverdelta.embedded.generator import produce
 
     def run() -> None:
         sent.add(
@@ -150,7 +150,7 @@ def _producer(spec, seed: int, sent: Sent) -> threading.Thread:
 
 
 def _app(cluster, app_id: str) -> dict | None:
-    from riverdelta import spark_cluster
+    from riverdelta.embedded import spark_cluster
 
     return next(
         (a for a in spark_cluster.master_status(cluster)["activeapps"] if a["id"] == app_id), None
@@ -158,10 +158,11 @@ def _app(cluster, app_id: str) -> dict | None:
 
 
 def test_stream_survives_losing_a_worker(cluster, kafka, topic, tmp_path):
-    from riverdelta import launchers, spark_cluster
-    from riverdelta.ingest import make_job
-    from riverdelta.settings import settings
-    from riverdelta.submit import build_command, ingest_args, submit_env
+    from riverdelta.config.settings import settings
+    from riverdelta.embedded import spark_cluster
+    from riverdelta.launch import launchers
+    from riverdelta.launch.submit import build_command, ingest_args, submit_env
+    from riverdelta.stream.ingest import make_job
 
     figures: dict = {"master": cluster.master_url}
     spec = spec_on_topic(STREAM, topic)

@@ -37,7 +37,7 @@ def test_kafka_to_delta_and_back(spark, kafka, topic, lake):
 
 
 def test_session_loads_only_cached_jars(spark):
-    from riverdelta import jars
+    from riverdelta.launch import jars
 
     loaded = spark.sparkContext.getConf().get("spark.jars").split(",")
     assert sorted(loaded) == sorted(str(p) for p in jars.jars("spark"))

@@ -1,6 +1,6 @@
 """A ``file://`` storage root end to end: every path comes from the root, every client reads it.
 
-The same code paths serve ``s3a://`` and ``hdfs://`` roots (``riverdelta.storage``);
+The same code paths serve ``s3a://`` and ``hdfs://`` roots (``riverdelta.storage.roots``);
 what differs per scheme is checked in tests/unit/test_storage.py.
 """
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture()
 def file_root(tmp_path):
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
 
     saved = dict(os.environ)
     os.environ["RIVERDELTA_LAKE"] = f"file://{tmp_path}/lake"
@@ -30,11 +30,13 @@ def file_root(tmp_path):
 
 
 def test_file_uri_root(spark, kafka, topic, file_root):
-    from riverdelta import health, ops, quality
-    from riverdelta.generator import produce
-    from riverdelta.ingest import make_job, start_query, stop_gold
-    from riverdelta.read import read_validated
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
+    from riverdelta.embedded.generator import produce
+    from riverdelta.ops import health
+    from riverdelta.ops import state as ops
+    from riverdelta.quality import gate as quality
+    from riverdelta.quality.read import read_validated
+    from riverdelta.stream.ingest import make_job, start_query, stop_gold
 
     spec = spec_on_topic("transactions", topic)
     summary = produce(spec, 400, bootstrap=kafka, seed=11, poison_rate=0.05, duplicate_rate=0.05)

@@ -14,17 +14,18 @@ pytestmark = pytest.mark.integration
 
 
 def run_dag(stream: str, action: str = "reconcile"):
-    from riverdelta.dag_factory import stream_dag
-    from riverdelta.registry import load_registry
+    from riverdelta.airflow.stream_dags import stream_dag
+    from riverdelta.config.registry import load_registry
 
     dag = stream_dag(load_registry().get(stream))
     return dag.test(run_conf={"action": action})
 
 
 def test_deploy_watch_stop_restart(airflow_db, stream_registry, spark):
-    from riverdelta import ops, procs
-    from riverdelta.ingest import make_job
-    from riverdelta.registry import load_registry
+    from riverdelta.config.registry import load_registry
+    from riverdelta.launch import procs
+    from riverdelta.ops import state as ops
+    from riverdelta.stream.ingest import make_job
     from tests.integration.ingest_helpers import assert_invariants, wait_gold
 
     name = stream_registry()
@@ -81,8 +82,8 @@ def test_deploy_watch_stop_restart(airflow_db, stream_registry, spark):
 def test_crash_loop_stops_after_k_restarts(airflow_db, stream_registry):
     import json
 
-    from riverdelta import ops
-    from riverdelta.lake import checkpoint_path
+    from riverdelta.ops import state as ops
+    from riverdelta.storage.lake import checkpoint_path
 
     name = stream_registry(restart={"max_restarts": 2, "window_seconds": 600, "backoff_seconds": 1})
     # An app that fails at start: its checkpoint belongs to another stream.
@@ -108,3 +109,51 @@ def test_crash_loop_stops_after_k_restarts(airflow_db, stream_registry):
     crash = [h for h in ops.history(name, "crash_loop")][-1]
     assert "belongs to stream 'someone_else'" in (crash["detail"].get("last_error") or "")
     run_dag(name, "stop")
+
+
+def test_tasks_connect_with_the_kafka_default_connection(
+    airflow_db, stream_registry, kafka, monkeypatch
+):
+    """An Airflow user's kafka_default is what a task connects with, not the settings.
+
+    The settings point at a port where nothing listens; only the connection names the
+    broker. platform_topics creates the registry's topic through it, and a stream DAG's
+    health check measures the lag through it.
+    """
+    import json
+    from pathlib import Path
+
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+
+    from riverdelta.config.settings import settings
+    from riverdelta.kafka import client as kafka_client
+    from tests.conftest import _free_port
+
+    name = stream_registry()
+    registry = Path(os.environ["RIVERDELTA_STREAMS"])
+    data = yaml.safe_load(registry.read_text())
+    topic = f"rd.{name}.by-connection"
+    data["streams"][name]["topic"] = topic
+    registry.write_text(yaml.safe_dump(data))
+    real = kafka_client.KafkaClientConfig(bootstrap=kafka)
+    assert topic not in kafka_client.admin(cfg=real).list_topics(timeout=10).topics
+
+    monkeypatch.setenv("RIVERDELTA_KAFKA_BOOTSTRAP", f"127.0.0.1:{_free_port()}")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KAFKA_DEFAULT",
+        json.dumps({"conn_type": "kafka", "extra": {"bootstrap.servers": kafka}}),
+    )
+    settings.cache_clear()
+    bag = DagBag(dag_folder=str(Path(__file__).parents[2] / "dags" / "platform_topics.py"))
+    assert bag.dags["platform_topics"].test().state == "success"
+    assert topic in kafka_client.admin(cfg=real).list_topics(timeout=10).topics
+
+    from riverdelta.config.registry import load_registry
+    from riverdelta.embedded.generator import produce as gen
+
+    gen(load_registry().get(name), 50, bootstrap=kafka, seed=3)
+    dr = run_dag(name, "stop")  # no driver; check_health still measures the lag
+    assert dr.state == "success", dr.state
+    report = dr.get_task_instance("check_health").xcom_pull(task_ids="check_health")
+    assert report["lag_records"] == 50, report

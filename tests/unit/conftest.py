@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from riverdelta.settings import SHIPPED_STREAMS
+from riverdelta.config.settings import SHIPPED_STREAMS
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from riverdelta.backfill import BackfillRefused, clip_to, parse_offsets, resolve
+from riverdelta.backfill.replay import BackfillRefused, clip_to, parse_offsets, resolve
 
 pytestmark = pytest.mark.unit
 
@@ -89,8 +89,8 @@ def test_clip_to_live_position():
 
 
 def test_a_stream_over_several_topics_resolves_per_topic_partition():
-    from riverdelta.backfill import OffsetRange, range_lines
-    from riverdelta.registry import TopicSource
+    from riverdelta.backfill.replay import OffsetRange, range_lines
+    from riverdelta.config.registry import TopicSource
 
     marks = {("a", 0): (0, 10), ("b", 0): (5, 8), ("b", 1): (0, 4)}
     source = TopicSource(("a", "b"))
@@ -107,7 +107,7 @@ def test_a_stream_over_several_topics_resolves_per_topic_partition():
 
 
 def test_ranges_recorded_before_several_topics_still_read():
-    from riverdelta.backfill import OffsetRange, range_lines
+    from riverdelta.backfill.replay import OffsetRange, range_lines
 
     old = {"topic": "t", "start": {"0": 1}, "end": {"0": 4}}
     assert OffsetRange.from_dict(old).end == {("t", 0): 4}
@@ -119,8 +119,8 @@ def test_ranges_recorded_before_several_topics_still_read():
 def test_one_backfill_per_stream_with_a_heartbeat_lease(tmp_path, monkeypatch):
     import json
 
-    from riverdelta import backfill
-    from riverdelta.settings import settings
+    from riverdelta.backfill import replay as backfill
+    from riverdelta.config.settings import settings
 
     monkeypatch.setenv("RIVERDELTA_LAKE", str(tmp_path / "lake"))
     settings.cache_clear()
@@ -156,7 +156,7 @@ def test_one_backfill_per_stream_with_a_heartbeat_lease(tmp_path, monkeypatch):
     ],
 )
 def test_parameters_are_checked_before_kafka_is_asked(mode, from_, to, limit, message):
-    from riverdelta.backfill import check_params
+    from riverdelta.backfill.replay import check_params
 
     if message is None:
         assert check_params(mode, from_, to, limit) is None

@@ -19,7 +19,7 @@ def _append(path: str, stamps: list[datetime]) -> None:
 
 
 def test_each_row_is_measured_against_its_commit_and_the_first_publication_covering_it(tmp_path):
-    from riverdelta.bench_freshness import freshness, publication_times, version_commits
+    from riverdelta.bench.freshness import freshness, publication_times, version_commits
 
     silver = str(tmp_path / "silver")
     base = datetime.now(UTC) - timedelta(seconds=30)

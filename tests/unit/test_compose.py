@@ -22,9 +22,9 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from riverdelta import airflow_env
-from riverdelta import settings as settings_mod
-from riverdelta.settings import PROJECT_ROOT, Settings, load_settings
+from riverdelta.airflow import env as airflow_env
+from riverdelta.config import settings as settings_mod
+from riverdelta.config.settings import PROJECT_ROOT, Settings, load_settings
 
 pytestmark = pytest.mark.unit
 

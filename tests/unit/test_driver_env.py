@@ -8,7 +8,7 @@ pytestmark = pytest.mark.unit
 
 
 def test_airflow_secrets_and_connections_never_reach_a_driver():
-    from riverdelta.submit import submit_env
+    from riverdelta.launch.submit import submit_env
 
     base = {
         "PATH": "/usr/bin",

@@ -24,25 +24,25 @@ PACKAGE = Path(__file__).resolve().parents[2] / "include" / "riverdelta"
 # The builtin base each class had before RiverdeltaError: `except ValueError` etc. must
 # still catch them.
 BUILTIN_BASES = {
-    "riverdelta.airflow_env.AirflowError": RuntimeError,
-    "riverdelta.backfill.BackfillRefused": ValueError,
-    "riverdelta.control.CrashLoopError": RuntimeError,
-    "riverdelta.control.HealthBreachError": RuntimeError,
-    "riverdelta.ingest.CheckpointMismatchError": ValueError,
-    "riverdelta.jars.JarCacheError": RuntimeError,
-    "riverdelta.kafka_broker.BrokerError": RuntimeError,
-    "riverdelta.kafka_certs.CertError": RuntimeError,
-    "riverdelta.kafka_client.KafkaClientError": RuntimeError,
-    "riverdelta.ops.StaleStateError": RuntimeError,
-    "riverdelta.quality.ValidationFailedError": RuntimeError,
-    "riverdelta.quality.NeedsSparkError": RuntimeError,
-    "riverdelta.quality.NotValidatedError": LookupError,
-    "riverdelta.registry.ContractError": ValueError,
-    "riverdelta.registry.UnknownStreamError": ValueError,
-    "riverdelta.settings.ConfigError": ValueError,
-    "riverdelta.sink.SinkError": RuntimeError,
-    "riverdelta.spark_cluster.ClusterError": RuntimeError,
-    "riverdelta.ui_app.LoginRequired": Exception,
+    "riverdelta.airflow.env.AirflowError": RuntimeError,
+    "riverdelta.backfill.replay.BackfillRefused": ValueError,
+    "riverdelta.ops.control.CrashLoopError": RuntimeError,
+    "riverdelta.ops.control.HealthBreachError": RuntimeError,
+    "riverdelta.stream.ingest.CheckpointMismatchError": ValueError,
+    "riverdelta.launch.jars.JarCacheError": RuntimeError,
+    "riverdelta.embedded.kafka_broker.BrokerError": RuntimeError,
+    "riverdelta.embedded.kafka_certs.CertError": RuntimeError,
+    "riverdelta.kafka.client.KafkaClientError": RuntimeError,
+    "riverdelta.ops.state.StaleStateError": RuntimeError,
+    "riverdelta.quality.gate.ValidationFailedError": RuntimeError,
+    "riverdelta.quality.gate.NeedsSparkError": RuntimeError,
+    "riverdelta.quality.gate.NotValidatedError": LookupError,
+    "riverdelta.config.registry.ContractError": ValueError,
+    "riverdelta.config.registry.UnknownStreamError": ValueError,
+    "riverdelta.config.settings.ConfigError": ValueError,
+    "riverdelta.stream.kafka_sink.SinkError": RuntimeError,
+    "riverdelta.embedded.spark_cluster.ClusterError": RuntimeError,
+    "riverdelta.airflow.ui_app.LoginRequired": Exception,
 }
 
 
@@ -50,8 +50,8 @@ def _exception_classes() -> dict[str, type[BaseException]]:
     import riverdelta
 
     found = {}
-    for info in pkgutil.iter_modules(riverdelta.__path__):
-        module = importlib.import_module(f"riverdelta.{info.name}")
+    for info in pkgutil.walk_packages(riverdelta.__path__, "riverdelta."):
+        module = importlib.import_module(info.name)
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__ == module.__name__ and issubclass(cls, BaseException):
                 found[f"{cls.__module__}.{cls.__qualname__}"] = cls
@@ -93,7 +93,7 @@ def _is_exception_base(base: ast.expr) -> bool:
 def test_no_exception_class_is_defined_out_of_the_walks_sight():
     """Exception classes are module-level: one defined inside a function escapes the walk."""
     nested = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text())
         top = {id(n) for n in tree.body}
         for node in ast.walk(tree):

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from riverdelta import files
+from riverdelta.storage import files
 
 pytestmark = pytest.mark.unit
 

@@ -12,9 +12,9 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture()
 def silver(tmp_path, monkeypatch):
-    from riverdelta.lake import TableSet
-    from riverdelta.registry import load_registry
-    from riverdelta.settings import settings
+    from riverdelta.config.registry import load_registry
+    from riverdelta.config.settings import settings
+    from riverdelta.storage.lake import TableSet
 
     monkeypatch.setenv("RIVERDELTA_LAKE", str(tmp_path / "lake"))
     settings.cache_clear()
@@ -30,8 +30,8 @@ def _append(path: str, n: int) -> None:
 
 
 def test_fires_once_per_new_version_and_remembers_across_restarts_by_the_pointer(silver):
-    from riverdelta import quality
-    from riverdelta.gate_trigger import new_versions
+    from riverdelta.quality import gate as quality
+    from riverdelta.quality.trigger import new_versions
 
     seen: dict = {}
     assert new_versions("transactions", seen) == {}  # no table yet
@@ -49,7 +49,7 @@ def test_fires_once_per_new_version_and_remembers_across_restarts_by_the_pointer
 
 
 def test_the_trigger_yields_the_stream_and_its_versions(silver, monkeypatch):
-    from riverdelta.gate_trigger import NewTableVersionsTrigger
+    from riverdelta.quality.trigger import NewTableVersionsTrigger
 
     _append(silver, 1)
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from riverdelta import transforms as T
-from riverdelta.generator import Event, generate, poison_kinds, produce
-from riverdelta.registry import REASONS, load_registry, parse_duration
-from riverdelta.settings import SHIPPED_STREAMS
+from riverdelta.config.registry import REASONS, load_registry, parse_duration
+from riverdelta.config.settings import SHIPPED_STREAMS
+from riverdelta.embedded.generator import Event, generate, poison_kinds, produce
+from riverdelta.stream import transforms as T
 from tests.unit.test_transforms import kafka_df, sensors_spec
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from riverdelta.health import (
+from riverdelta.ops.health import (
     CheckpointState,
     Health,
     check_thresholds,
@@ -327,7 +327,7 @@ def test_is_stuck():
 
 def test_modules_do_not_import_heavy_libraries():
     code = (
-        "import sys, riverdelta.health, riverdelta.launchers, riverdelta.listener\n"
+        "import sys, riverdelta.ops.health, riverdelta.launch.launchers, riverdelta.stream.listener\n"
         "heavy = [m for m in ('pyspark', 'confluent_kafka', 'pandas', 'polars', 'deltalake') "
         "if m in sys.modules]\n"
         "assert not heavy, heavy\n"

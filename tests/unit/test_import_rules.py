@@ -3,10 +3,10 @@
 Every import counts, at any nesting level (a function-level import is still a
 dependency the moment the function runs):
 
-- ``product``: the product (every riverdelta module but the embedded stack's and
-  the CLI, plus dags/, plugins/ and spark_apps/) never imports an embedded module:
-  those run the local broker, Airflow, Spark cluster, demo and benchmarks and are
-  not installed on a real deployment's path.
+- ``product``: the product (every riverdelta module outside ``embedded/`` and
+  ``bench/`` but the CLI, plus dags/, plugins/ and spark_apps/) never imports from
+  ``embedded/`` or ``bench/``: those run the local broker, Airflow, Spark cluster,
+  demo and benchmarks and are not installed on a real deployment's path.
 - ``spark-driver``: code that runs in a Spark driver never imports ``airflow``: the
   driver's image need not carry it, and importing it is seconds of start-up. What
   runs there is computed from the AST, not listed: spark_apps/*.py, then
@@ -36,23 +36,13 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "riverdelta"
 
-# The local stack, demo and benchmarks: not product code.
-EMBEDDED = frozenset(
-    {
-        "kafka_broker",
-        "kafka_certs",  # the embedded broker's CA and keystore; clients only read the files
-        "airflow_stack",
-        "spark_cluster",
-        "generator",
-        "demo",
-        "soak",
-        "bench",
-        "bench_cluster",
-        "bench_freshness",
-    }
-)
+# The local stack, demo and benchmarks: not product code (folders of the package).
+EMBEDDED = frozenset({f"{PACKAGE}.embedded", f"{PACKAGE}.bench"})
 # The entry point wires everything together and may import anything.
-ENTRY_POINTS = frozenset({"cli"})
+ENTRY_POINTS = frozenset({f"{PACKAGE}.cli"})
+# Every module name seen by ``sources`` (a reference ``riverdelta.a.b.c`` is cut to the
+# longest of these it starts with).
+_KNOWN: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -75,12 +65,19 @@ class Ref:
 
 
 def sources(root: Path) -> list[Source]:
-    paths = sorted((root / "include" / PACKAGE).glob("*.py"))
-    found = [Source(p, f"{PACKAGE}.{p.stem}", ast.parse(p.read_text(), str(p))) for p in paths]
+    base = root / "include"
+    paths = sorted((base / PACKAGE).rglob("*.py"))
+    found = [Source(p, _module_name(p, base), ast.parse(p.read_text(), str(p))) for p in paths]
+    _KNOWN.update(s.module for s in found if s.module)
     for folder in ("dags", "plugins", "spark_apps"):
         for p in sorted((root / folder).glob("*.py")):
             found.append(Source(p, None, ast.parse(p.read_text(), str(p))))
     return found
+
+
+def _module_name(path: Path, base: Path) -> str:
+    parts = path.relative_to(base).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -104,7 +101,7 @@ def _absolute(src: Source, node: ast.ImportFrom) -> str:
         return node.module or ""
     if src.module is None:  # a relative import outside the package: leave it as written
         return "." * node.level + (node.module or "")
-    base = src.module.split(".")[: -node.level]
+    base = src.module.split(".")[: -node.level]  # (a package's __init__ is not used so)
     return ".".join([*base, node.module] if node.module else base)
 
 
@@ -116,8 +113,8 @@ def refs_of_node(src: Source, node: ast.AST, package_modules: frozenset[str]) ->
         mod = _absolute(src, node)
         out = []
         for a in node.names:
-            if mod == PACKAGE and f"{PACKAGE}.{a.name}" in package_modules:
-                out.append(Ref(node.lineno, f"{PACKAGE}.{a.name}"))
+            if f"{mod}.{a.name}" in package_modules:
+                out.append(Ref(node.lineno, f"{mod}.{a.name}"))
             else:
                 out.append(Ref(node.lineno, mod, a.name))
         return out
@@ -141,16 +138,24 @@ def refs(src: Source, package_modules: frozenset[str]) -> list[Ref]:
 
 
 def _package_module(module: str) -> str | None:
-    """``riverdelta.x`` of a reference to ``riverdelta.x[.anything]``."""
+    """``riverdelta.x.y`` of a reference to ``riverdelta.x.y[.anything]`` (a module, not
+    the package or one of its folders' ``__init__``)."""
     parts = module.split(".")
-    return ".".join(parts[:2]) if parts[0] == PACKAGE and len(parts) > 1 else None
+    for n in range(len(parts), 1, -1):
+        head = ".".join(parts[:n])
+        if head in _KNOWN:
+            return head
+    return None
+
+
+def _embedded(module: str) -> bool:
+    return any(module == e or module.startswith(e + ".") for e in EMBEDDED)
 
 
 def _is_product(src: Source) -> bool:
     if src.module is None:
         return True
-    stem = src.module.split(".")[-1]
-    return stem not in EMBEDDED and stem not in ENTRY_POINTS
+    return not _embedded(src.module) and src.module not in ENTRY_POINTS
 
 
 def check_product(root: Path, srcs: list[Source], package_modules: frozenset[str]) -> list[str]:
@@ -160,7 +165,7 @@ def check_product(root: Path, srcs: list[Source], package_modules: frozenset[str
             continue
         for ref in refs(src, package_modules):
             mod = _package_module(ref.module)
-            if mod and mod.split(".")[-1] in EMBEDDED:
+            if mod and _embedded(mod):
                 out.append(
                     f"{src.rel(root)}:{ref.line}: [product] imports the embedded module {mod}; "
                     "move what the product needs into a product module"
@@ -199,8 +204,8 @@ def _bindings(src: Source, package_modules: frozenset[str]) -> dict[str, tuple[s
         elif isinstance(node, ast.ImportFrom):
             mod = _absolute(src, node)
             for a in node.names:
-                if mod == PACKAGE and f"{PACKAGE}.{a.name}" in package_modules:
-                    bound[a.asname or a.name] = (f"{PACKAGE}.{a.name}", None)
+                if f"{mod}.{a.name}" in package_modules:
+                    bound[a.asname or a.name] = (f"{mod}.{a.name}", None)
                 elif _package_module(mod):
                     bound[a.asname or a.name] = (mod, a.name)
     return bound
@@ -320,10 +325,11 @@ def check_private(root: Path, srcs: list[Source], package_modules: frozenset[str
                 for a in node.names:
                     if _package_module(a.name) and a.asname:
                         bound[a.asname] = a.name
-            elif isinstance(node, ast.ImportFrom) and _absolute(src, node) == PACKAGE:
+            elif isinstance(node, ast.ImportFrom):
+                mod = _absolute(src, node)
                 for a in node.names:
-                    if f"{PACKAGE}.{a.name}" in package_modules:
-                        bound[a.asname or a.name] = f"{PACKAGE}.{a.name}"
+                    if f"{mod}.{a.name}" in package_modules:
+                        bound[a.asname or a.name] = f"{mod}.{a.name}"
         for ref in refs(src, package_modules):
             mod = _package_module(ref.module)
             if not mod or mod == src.module:
@@ -387,8 +393,10 @@ def test_the_sources_keep_the_import_rules():
 def test_the_spark_driver_set_is_computed_from_the_imports():
     srcs = sources(ROOT)
     pulled = driver_modules(srcs, frozenset(s.module for s in srcs if s.module))
-    # spark_apps/ingest.py runs riverdelta.ingest; if the walk finds nothing it checks nothing.
-    assert "riverdelta.ingest" in pulled and "riverdelta.submit" in pulled, sorted(pulled)
+    # spark_apps/ingest.py runs riverdelta.stream.ingest; if the walk finds nothing it checks nothing.
+    assert "riverdelta.stream.ingest" in pulled and "riverdelta.launch.submit" in pulled, sorted(
+        pulled
+    )
 
 
 def _write(root: Path, rel: str, text: str) -> None:
@@ -400,12 +408,13 @@ def _write(root: Path, rel: str, text: str) -> None:
 def test_the_checker_catches_each_rule(tmp_path):
     """A synthetic tree with one violation of each kind: the checker must name them all."""
     pkg = f"include/{PACKAGE}"
-    _write(tmp_path, f"{pkg}/__init__.py", "")
-    _write(tmp_path, f"{pkg}/kafka_broker.py", "def create_topics(): ...\n")
-    _write(tmp_path, f"{pkg}/cli.py", "from riverdelta import kafka_broker\n")  # allowed
+    for folder in ("", "/embedded", "/ops"):
+        _write(tmp_path, f"{pkg}{folder}/__init__.py", "")
+    _write(tmp_path, f"{pkg}/embedded/kafka_broker.py", "def create_topics(): ...\n")
+    _write(tmp_path, f"{pkg}/cli.py", "from riverdelta.embedded import kafka_broker\n")  # allowed
     _write(
         tmp_path,
-        f"{pkg}/control.py",
+        f"{pkg}/ops/control.py",
         "def _stop_deployment(): ...\n\ndef stop():\n    return _stop_deployment()\n",
     )
     _write(
@@ -415,15 +424,15 @@ def test_the_checker_catches_each_rule(tmp_path):
         "\n"
         "\n"
         "def topics():\n"
-        "    from riverdelta import kafka_broker\n"  # line 5: product -> embedded
+        "    from riverdelta.embedded import kafka_broker\n"  # line 5: product -> embedded
         "\n"
         "    return kafka_broker.create_topics()\n",
     )
     _write(
         tmp_path,
         f"{pkg}/helper.py",
-        "from riverdelta import control\n"
-        "from riverdelta.control import _stop_deployment\n"  # line 2: private import
+        "from riverdelta.ops import control\n"
+        "from riverdelta.ops.control import _stop_deployment\n"  # line 2: private import
         "\n"
         "\n"
         "def run():\n"
@@ -439,7 +448,7 @@ def test_the_checker_catches_each_rule(tmp_path):
         "    return airflow\n",
     )
     _write(tmp_path, "spark_apps/app.py", "def main():\n    from riverdelta.helper import run\n")
-    _write(tmp_path, "dags/topics.py", "import riverdelta.kafka_broker as kb\n")
+    _write(tmp_path, "dags/topics.py", "import riverdelta.embedded.kafka_broker as kb\n")
 
     found = violations(tmp_path)
     expected = {
@@ -455,7 +464,7 @@ def test_the_checker_catches_each_rule(tmp_path):
     # not helper.for_airflow_only, which nothing the driver runs calls.
     srcs = sources(tmp_path)
     pulled = driver_modules(srcs, frozenset(s.module for s in srcs if s.module))
-    assert set(pulled) == {"riverdelta.helper", "riverdelta.control"}
+    assert set(pulled) == {"riverdelta.helper", "riverdelta.ops.control"}
     reached = reached_code(srcs, frozenset(s.module for s in srcs if s.module))
     assert ("riverdelta.helper", "run") in reached
     assert ("riverdelta.helper", "for_airflow_only") not in reached

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.unit
     ],
 )
 def test_artifact_name(jar, artifact):
-    from riverdelta.jars import artifact_name
+    from riverdelta.launch.jars import artifact_name
 
     assert artifact_name(jar) == artifact
 
@@ -23,7 +23,7 @@ def test_artifact_name(jar, artifact):
 def test_corrupt_jar_is_detected(tmp_path, monkeypatch):
     import json
 
-    from riverdelta import jars
+    from riverdelta.launch import jars
 
     monkeypatch.setattr(jars, "set_dir", lambda name: tmp_path)
     monkeypatch.setattr(jars, "_pom_hash", lambda name: "p")

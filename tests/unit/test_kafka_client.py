@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from riverdelta import kafka_client
-from riverdelta.kafka_client import KafkaClientConfig
-from riverdelta.settings import ConfigError, load_settings
+from riverdelta.config.settings import ConfigError, load_settings
+from riverdelta.kafka import client as kafka_client
+from riverdelta.kafka.client import KafkaClientConfig
 
 pytestmark = pytest.mark.unit
 
@@ -162,8 +162,8 @@ def test_setup_errors_become_one_line_naming_the_setting(error: str, names: str)
 
 
 def test_submit_env_passes_the_password_file_never_the_password(monkeypatch, tmp_path) -> None:
-    from riverdelta import launchers, submit
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
+    from riverdelta.launch import launchers, submit
 
     pw = tmp_path / "pw"
     pw.write_text("never-on-argv-42")
@@ -183,8 +183,8 @@ def test_submit_env_passes_the_password_file_never_the_password(monkeypatch, tmp
 
 
 def test_secured_broker_listeners(tmp_path: Path) -> None:
-    from riverdelta.kafka_broker import Node, secured_properties
-    from riverdelta.kafka_certs import BrokerTls
+    from riverdelta.embedded.kafka_broker import Node, secured_properties
+    from riverdelta.embedded.kafka_certs import BrokerTls
 
     tls = BrokerTls(tmp_path)
     tls.storepass_file.write_text("store-pass")
@@ -200,7 +200,7 @@ def test_secured_broker_listeners(tmp_path: Path) -> None:
 
 
 def test_group_offsets_come_from_the_kafka_sources_of_a_progress() -> None:
-    from riverdelta.group_offsets import end_offsets_of_progress, group_id
+    from riverdelta.kafka.group_offsets import end_offsets_of_progress, group_id
 
     progress = {
         "name": "riverdelta-tx-live",
@@ -218,7 +218,7 @@ def test_the_kafka_default_connection_reads_back_as_the_settings_config(
     monkeypatch, tmp_path: Path
 ) -> None:
     """What airflow_env writes into kafka_default is what the settings connect with."""
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
 
     pw = tmp_path / "pw"
     pw.write_text("conn-pass-123")
@@ -251,3 +251,57 @@ def test_a_connection_without_a_supported_mechanism_is_refused_in_one_line() -> 
     )
     with pytest.raises(ConfigError, match=r"^SASL mechanism 'GSSAPI' is not supported"):
         cfg.spark_options()
+
+
+def _private(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: KafkaClientConfig(bootstrap="a:1,b:2"),
+        lambda d: KafkaClientConfig(
+            bootstrap="a:1",
+            protocol="SASL_SSL",
+            mechanism="SCRAM-SHA-512",
+            username="alice",
+            password="s3cret-pass",
+            ca=str(_private(d / "ca.pem", "x")),
+        ),
+        lambda d: KafkaClientConfig(
+            bootstrap="a:1",
+            protocol="SSL",
+            ca=str(_private(d / "ca.pem", "x")),
+            keystore=str(_private(d / "client.pem", "k")),
+        ),
+        lambda d: KafkaClientConfig(
+            bootstrap="a:1",
+            protocol="SASL_PLAINTEXT",
+            mechanism="PLAIN",
+            username="bob",
+            password="plain-pass-1",
+        ),
+    ],
+    ids=["plaintext", "sasl_ssl-scram", "mtls", "sasl_plaintext-plain"],
+)
+def test_settings_env_makes_the_settings_give_back_the_same_config(
+    make, monkeypatch, tmp_path: Path
+) -> None:
+    """What a kafka_default connection becomes for the task's own settings and its children."""
+    from riverdelta.config.settings import settings
+
+    cfg = make(tmp_path)
+    monkeypatch.setenv("RIVERDELTA_ENV", "compose")  # no embedded defaults to fill in
+    for key, value in kafka_client.settings_env(cfg).items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    settings.cache_clear()
+    try:
+        assert kafka_client.client_config() == cfg
+    finally:
+        settings.cache_clear()

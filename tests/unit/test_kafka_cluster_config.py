@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from riverdelta import kafka_broker as kb
+from riverdelta.embedded import kafka_broker as kb
 
 pytestmark = pytest.mark.unit
 
@@ -75,7 +75,7 @@ def test_write_config_writes_each_node_its_own_file(tmp_path):
 
 
 def test_the_embedded_broker_is_still_a_single_node_on_the_settings_ports():
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
 
     s = settings()
     props = _props(kb._write_config())

@@ -10,9 +10,9 @@ from decimal import Decimal
 import pytest
 import yaml
 
-from riverdelta.registry import ContractError, KafkaSinkSpec, load_registry, parse_registry
-from riverdelta.settings import SHIPPED_STREAMS
-from riverdelta.sink import (
+from riverdelta.config.registry import ContractError, KafkaSinkSpec, load_registry, parse_registry
+from riverdelta.config.settings import SHIPPED_STREAMS
+from riverdelta.stream.kafka_sink import (
     Marker,
     changed_rows,
     encode_key,
@@ -172,9 +172,9 @@ def test_a_sink_that_does_not_open_is_the_refreshers_error():
     import threading
     from types import SimpleNamespace
 
-    from riverdelta.gold import GoldRefresher
-    from riverdelta.ingest import DriverState, gold_failure
-    from riverdelta.sink import SinkError
+    from riverdelta.stream.gold import GoldRefresher
+    from riverdelta.stream.ingest import DriverState, gold_failure
+    from riverdelta.stream.kafka_sink import SinkError
 
     class Unreachable:
         def open(self):

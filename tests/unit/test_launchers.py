@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from riverdelta import launchers, procs
-from riverdelta.launchers import (
+from riverdelta.launch import launchers, procs
+from riverdelta.launch.launchers import (
     DEAD,
     RUNNING,
     UNKNOWN,
@@ -411,7 +411,7 @@ def test_yarn_stop_that_does_not_take_effect_raises(tmp_path):
 def test_application_id_from_log():
     log = (
         "26/11/21 00:53:03 INFO SparkContext: Running Spark version 4.1.1\n"
-        "2026-11-21 00:53:05 INFO riverdelta.ingest: spark application id local-1763686385123\n"
+        "2026-11-21 00:53:05 INFO riverdelta.stream.ingest: spark application id local-1763686385123\n"
     )
     assert application_id_from_log(log) == "local-1763686385123"
     assert application_id_from_log(

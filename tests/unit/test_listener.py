@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from riverdelta import listener
-from riverdelta.listener import (
+from riverdelta.stream import listener
+from riverdelta.stream.listener import (
     append_series,
     idle_point,
     lag_at_planning,

@@ -22,9 +22,9 @@ def _files_on_disk(path: str) -> int:
 
 
 def test_vacuum_keeps_the_validated_snapshot_and_the_increments_originals(tmp_path):
-    from riverdelta.maintenance import maintain_table
-    from riverdelta.quality import increment_files
-    from riverdelta.quality_engine import pandas_rows
+    from riverdelta.ops.maintenance import maintain_table
+    from riverdelta.quality.engine import pandas_rows
+    from riverdelta.quality.gate import increment_files
 
     path = str(tmp_path / "t")
     for i in range(4):
@@ -42,7 +42,7 @@ def test_vacuum_keeps_the_validated_snapshot_and_the_increments_originals(tmp_pa
 
 
 def test_the_floor_keeps_files_of_commits_still_in_flight(tmp_path):
-    from riverdelta.maintenance import maintain_table
+    from riverdelta.ops.maintenance import maintain_table
 
     path = str(tmp_path / "t")
     _append(path, [1])
@@ -53,9 +53,9 @@ def test_the_floor_keeps_files_of_commits_still_in_flight(tmp_path):
 
 @pytest.fixture()
 def stream_tables(tmp_path, monkeypatch):
-    from riverdelta.lake import TableSet
-    from riverdelta.registry import load_registry
-    from riverdelta.settings import settings
+    from riverdelta.config.registry import load_registry
+    from riverdelta.config.settings import settings
+    from riverdelta.storage.lake import TableSet
 
     monkeypatch.setenv("RIVERDELTA_LAKE", str(tmp_path / "lake"))
     settings.cache_clear()
@@ -71,8 +71,8 @@ def stream_tables(tmp_path, monkeypatch):
 def test_gold_is_never_compacted_and_a_running_backfill_holds_vacuum_and_quarantine(
     stream_tables,
 ):
-    from riverdelta import backfill
-    from riverdelta.maintenance import maintain_stream
+    from riverdelta.backfill import replay as backfill
+    from riverdelta.ops.maintenance import maintain_stream
 
     spec, _ = stream_tables
     result = maintain_stream(spec.name)
@@ -98,8 +98,8 @@ def test_gold_is_never_compacted_and_a_running_backfill_holds_vacuum_and_quarant
 def test_maintenance_settings_are_checked_before_anything_runs(tmp_path):
     import yaml
 
-    from riverdelta.registry import ContractError, load_registry
-    from riverdelta.settings import settings
+    from riverdelta.config.registry import ContractError, load_registry
+    from riverdelta.config.settings import settings
 
     data = yaml.safe_load(settings().streams_file.read_text())
     cases = {
@@ -122,11 +122,11 @@ def test_old_table_sets_go_after_the_retention_unless_live_or_published(tmp_path
 
     import yaml
 
-    from riverdelta import quality
-    from riverdelta.lake import TableSet, lake_root, set_stream_location
-    from riverdelta.maintenance import remove_old_table_sets
-    from riverdelta.registry import load_registry
-    from riverdelta.settings import settings
+    from riverdelta.config.registry import load_registry
+    from riverdelta.config.settings import settings
+    from riverdelta.ops.maintenance import remove_old_table_sets
+    from riverdelta.quality import gate as quality
+    from riverdelta.storage.lake import TableSet, lake_root, set_stream_location
 
     data = yaml.safe_load(settings().streams_file.read_text())
     data["streams"]["page_views"]["maintenance"] = {"retention": "1 seconds"}
@@ -170,7 +170,7 @@ def test_old_table_sets_go_after_the_retention_unless_live_or_published(tmp_path
 def test_the_soak_counts_files_with_and_without_maintenance(tmp_path):
     from deltalake import DeltaTable
 
-    from riverdelta.soak import table_files
+    from riverdelta.bench.soak import table_files
 
     path = str(tmp_path / "t")
     assert table_files(path) is None

@@ -10,12 +10,12 @@ pytestmark = pytest.mark.unit
 def test_every_stream_gets_one_gate_started_by_its_watcher_announcements_or_a_fallback():
     from airflow.sdk import AssetAny, AssetOrTimeSchedule, CronTriggerTimetable
 
-    from riverdelta.airflow_env import SPARK_POOL
-    from riverdelta.alerts import page
-    from riverdelta.dag_factory import table_asset
-    from riverdelta.gate_trigger import NewTableVersionsTrigger
-    from riverdelta.quality_dags import fallback_cron, quality_dags, versions_asset
-    from riverdelta.registry import load_registry
+    from riverdelta.airflow.env import SPARK_POOL
+    from riverdelta.airflow.quality_dags import fallback_cron, quality_dags, versions_asset
+    from riverdelta.airflow.stream_dags import table_asset
+    from riverdelta.config.registry import load_registry
+    from riverdelta.ops.alerts import page
+    from riverdelta.quality.trigger import NewTableVersionsTrigger
 
     streams = load_registry().streams
     dags = quality_dags()
@@ -32,7 +32,7 @@ def test_every_stream_gets_one_gate_started_by_its_watcher_announcements_or_a_fa
         [watcher] = condition.objects[0].watchers
         assert isinstance(watcher.trigger, NewTableVersionsTrigger)
         assert watcher.trigger.serialize() == (
-            "riverdelta.gate_trigger.NewTableVersionsTrigger",
+            "riverdelta.quality.trigger.NewTableVersionsTrigger",
             {"stream": name, "poll_seconds": 2.0},
         )
         assert isinstance(timetable.timetable, CronTriggerTimetable)
@@ -61,15 +61,15 @@ def test_every_stream_gets_one_gate_started_by_its_watcher_announcements_or_a_fa
 
 
 def test_unknown_stream_is_refused_with_the_known_ones():
-    from riverdelta.quality_dags import quality_dag
-    from riverdelta.registry import UnknownStreamError
+    from riverdelta.airflow.quality_dags import quality_dag
+    from riverdelta.config.registry import UnknownStreamError
 
     with pytest.raises(UnknownStreamError, match="unknown stream 'nope'; known streams: "):
         quality_dag("nope")
 
 
 def test_a_quality_page_lands_under_the_gates_stream():
-    from riverdelta.alerts import _stream_of
+    from riverdelta.ops.alerts import _stream_of
 
     assert _stream_of("quality_transactions") == "transactions"
     assert _stream_of("stream_page_views") == "page_views"
@@ -77,8 +77,8 @@ def test_a_quality_page_lands_under_the_gates_stream():
 
 
 def test_the_verdict_fails_for_a_failed_table_or_an_unfinished_task():
-    from riverdelta.quality import ValidationFailedError
-    from riverdelta.quality_dags import verdict
+    from riverdelta.airflow.quality_dags import verdict
+    from riverdelta.quality.gate import ValidationFailedError
 
     ok = {"results": {"a": {"success": True}}, "failed": {}, "needs_spark": [], "missing": ["b"]}
     ok["triggered_by"] = {"a": 3}
@@ -102,8 +102,8 @@ def test_the_verdict_fails_for_a_failed_table_or_an_unfinished_task():
 def test_triggering_versions_are_the_highest_per_table_from_watcher_and_announcements():
     from types import SimpleNamespace
 
-    from riverdelta.dag_factory import table_asset
-    from riverdelta.quality_dags import triggering_versions, versions_asset
+    from riverdelta.airflow.quality_dags import triggering_versions, versions_asset
+    from riverdelta.airflow.stream_dags import table_asset
 
     def event(extra):
         return SimpleNamespace(extra=extra)
@@ -124,7 +124,7 @@ def test_triggering_versions_are_the_highest_per_table_from_watcher_and_announce
 
 
 def test_announcements_do_not_wait_for_a_healthy_stream():
-    from riverdelta.dag_factory import stream_dags
+    from riverdelta.airflow.stream_dags import stream_dags
 
     for dag in stream_dags().values():
         health = dag.get_task("check_health")

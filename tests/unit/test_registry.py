@@ -9,14 +9,14 @@ from decimal import Decimal
 import pytest
 import yaml
 
-from riverdelta.registry import (
+from riverdelta.config.registry import (
     ContractError,
     UnknownStreamError,
     load_registry,
     parse_duration,
     parse_registry,
 )
-from riverdelta.settings import SHIPPED_STREAMS
+from riverdelta.config.settings import SHIPPED_STREAMS
 
 pytestmark = pytest.mark.unit
 
@@ -75,7 +75,7 @@ def test_spark_schema_ddl():
 
 
 def test_default_path_comes_from_settings(tmp_path, monkeypatch, shipped):
-    from riverdelta.settings import settings
+    from riverdelta.config.settings import settings
 
     data = copy.deepcopy(shipped)
     data["streams"] = {"only_one": data["streams"]["transactions"]}
@@ -267,9 +267,9 @@ def test_registry_module_imports_no_heavy_libraries():
     import sys
 
     code = (
-        "import sys, riverdelta.registry; "
+        "import sys, riverdelta.config.registry; "
         "bad = [m for m in ('pyspark', 'confluent_kafka') if m in sys.modules]; "
-        "import riverdelta.generator; "
+        "import riverdelta.embedded.generator; "
         "bad += [m for m in ('pyspark', 'confluent_kafka') if m in sys.modules]; "
         "assert not bad, bad"
     )

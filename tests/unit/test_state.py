@@ -11,7 +11,7 @@ pytestmark = pytest.mark.unit
 
 
 def test_a_stale_copy_cannot_bring_back_running_after_a_stop(lake_env):
-    from riverdelta import ops
+    from riverdelta.ops import state as ops
 
     ops.update_state("s", lambda s: setattr(s, "desired", ops.RUNNING))
     reconciler = ops.load_state("s")  # read before the operator's stop...
@@ -24,14 +24,14 @@ def test_a_stale_copy_cannot_bring_back_running_after_a_stop(lake_env):
 
 
 def _append_many(worker: int, n: int) -> None:
-    from riverdelta import ops
+    from riverdelta.ops import state as ops
 
     for i in range(n):
         ops.update_state("s", lambda s, i=i: s.restarts.append(worker * 1000 + i))
 
 
 def test_concurrent_writers_in_many_processes_lose_nothing(lake_env):
-    from riverdelta import ops
+    from riverdelta.ops import state as ops
 
     workers, each = 6, 30
     ctx = multiprocessing.get_context("fork")
@@ -52,7 +52,7 @@ def test_concurrent_writers_in_many_processes_lose_nothing(lake_env):
 
 
 def test_urls_with_passwords_are_masked_in_the_ops_history(lake_env):
-    from riverdelta import ops
+    from riverdelta.ops import state as ops
 
     assert ops.mask_urls("s3a://AKIA:s3cr3t@bucket/lake and https://host/x") == (
         "s3a://AKIA:***@bucket/lake and https://host/x"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from riverdelta import storage
-from riverdelta.settings import ConfigError, load_settings, settings
+from riverdelta.config.settings import ConfigError, load_settings, settings
+from riverdelta.storage import roots as storage
 
 pytestmark = pytest.mark.unit
 
@@ -125,7 +125,7 @@ def test_bad_configuration_fails_with_the_fix(env, key, value, message):
 
 
 def test_standalone_apps_are_capped(env):
-    from riverdelta.spark import spark_conf
+    from riverdelta.launch.spark import spark_conf
 
     env["RIVERDELTA_SPARK_MASTER"] = "spark://spark-master:7077"
     conf = spark_conf("app")

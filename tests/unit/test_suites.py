@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from riverdelta import quality, suites
-from riverdelta.registry import load_registry
+from riverdelta.config.registry import load_registry
+from riverdelta.quality import gate as quality
+from riverdelta.quality import suites
 
 pytestmark = pytest.mark.unit
 

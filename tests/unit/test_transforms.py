@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from riverdelta import transforms as T
-from riverdelta.registry import REASONS, load_registry
+from riverdelta.config.registry import REASONS, load_registry
+from riverdelta.stream import transforms as T
 
 pytestmark = pytest.mark.unit
 
@@ -100,7 +100,7 @@ DROP = object()
 
 
 def tx_value(**changes) -> bytes:
-    from riverdelta.generator import dumps
+    from riverdelta.embedded.generator import dumps
 
     record = {k: v for k, v in {**GOOD, **changes}.items() if v is not DROP}
     return dumps(record).encode()
@@ -314,7 +314,7 @@ def test_dedupe_keeps_first_in_log(spark, tx):
 
 def _silver(spark, stream, records):
     """Silver rows straight from records (bypassing Kafka), typed as the contract says."""
-    from riverdelta.generator import dumps
+    from riverdelta.embedded.generator import dumps
 
     df = kafka_df(spark, [dumps(r).encode() for r in records])
     valid, invalid = T.split(T.validate(df, stream))
@@ -391,7 +391,7 @@ def test_a_stream_defined_only_in_yaml(spark, tmp_path):
             **extra,
         }
 
-    from riverdelta.generator import dumps
+    from riverdelta.embedded.generator import dumps
 
     good = [
         rec(1, "north", 20.5, Decimal("3.7"), "2024-05-01T10:00:10Z"),

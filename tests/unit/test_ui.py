@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from riverdelta import ui_app, ui_data
+from riverdelta.airflow import ui_app, ui_data
 
 pytestmark = pytest.mark.unit
 
@@ -98,7 +98,7 @@ def test_sparkline_needs_two_points_and_skips_gaps():
 
 
 def test_data_docs_file_stays_inside_the_site(tmp_path, monkeypatch):
-    from riverdelta import quality
+    from riverdelta.quality import gate as quality
 
     site = tmp_path / "data_docs"
     (site / "validations").mkdir(parents=True)
@@ -121,8 +121,8 @@ def test_batch_history_and_backfills_from_the_ops_tables(lake_env):
     import pyarrow as pa
     from deltalake import write_deltalake
 
-    from riverdelta import ops
-    from riverdelta.lake import ops_path
+    from riverdelta.ops import state as ops
+    from riverdelta.storage.lake import ops_path
 
     now = datetime.now(UTC).replace(microsecond=0)
     ts = pa.timestamp("us", tz="UTC")

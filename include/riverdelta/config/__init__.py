@@ -1,0 +1,1 @@
+"""Configuration: the environment's settings and the stream registry (contracts)."""

@@ -1,0 +1,1 @@
+"""Kafka clients: one configuration for every client, and the reporting consumer group."""

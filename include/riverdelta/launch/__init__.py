@@ -1,0 +1,1 @@
+"""Starting Spark: its configuration, spark-submit, launchers, driver processes and connector jars."""

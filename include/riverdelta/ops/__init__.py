@@ -1,0 +1,1 @@
+"""Operating streams: desired state and history, reconcile (control), health, status, alerts, maintenance."""

@@ -1,0 +1,1 @@
+"""The quality gate: suites, the engine rows run on, validation and publication, readers of validated data."""
