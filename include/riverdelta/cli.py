@@ -189,7 +189,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_suites(args: argparse.Namespace) -> int:
     import json
 
-    from riverdelta.quality.gate import all_tables, load_suite
+    from riverdelta.quality.gx import load_suite
+    from riverdelta.quality.tables import all_tables
 
     if args.show is None:
         for table in all_tables():
@@ -205,7 +206,8 @@ def _cmd_suites(args: argparse.Namespace) -> int:
 def _cmd_failed_rows(args: argparse.Namespace) -> int:
     import json
 
-    from riverdelta.quality.gate import failed_rows, resolve_table
+    from riverdelta.quality.failures import failed_rows
+    from riverdelta.quality.tables import resolve_table
 
     resolve_table(args.table)  # an unknown table is an error, not an empty answer
     for row in failed_rows(args.table, args.run_id):

@@ -220,12 +220,12 @@ def test_range_while_live_and_maintenance_writes_nothing_twice(airflow_db, strea
     """The live stream, a range backfill and table maintenance at once: none fails, no
     record is written twice or lost, and the gate's next increment is exactly the new rows."""
     from riverdelta.config.registry import load_registry
-    from riverdelta.quality import gate as quality
+    from riverdelta.quality.gate import validate_table
     from riverdelta.stream.ingest import make_job
 
     name = stream_registry()
     with live_stream(name, seed=11) as sent:
-        first = quality.validate_table(f"{name}_silver")
+        first = validate_table(f"{name}_silver")
         with Producer(name, seed=1000) as live_traffic, Maintainer(name) as maint:
             run = run_backfill(name, mode="range", max_offsets_per_trigger=600)
             assert run.state == "success"
@@ -249,7 +249,7 @@ def test_range_while_live_and_maintenance_writes_nothing_twice(airflow_db, strea
     totals = assert_invariants(spark, spec, make_job(spec, "live"), sent.summary)
     # Compactions in the range add no rows: the increment is exactly the rows appended
     # since the first validation, read from their original files.
-    second = quality.validate_table(f"{name}_silver")
+    second = validate_table(f"{name}_silver")
     assert second["full"] is False and second["from_version"] == first["to_version"]
     assert second["rows_checked"] == totals["silver"] - first["rows_checked"]
 
@@ -337,7 +337,7 @@ def test_rebuild_equals_a_fresh_replay_and_hands_over(
     airflow_db, stream_registry, spark, tmp_path, monkeypatch
 ):
     from riverdelta.config.registry import load_registry
-    from riverdelta.quality import gate as quality
+    from riverdelta.quality.publications import publication
     from riverdelta.storage.lake import TableSet, stream_location
 
     name = stream_registry()
@@ -356,7 +356,7 @@ def test_rebuild_equals_a_fresh_replay_and_hands_over(
     assert where["tables_root"] != old_root and "tables@" in where["tables_root"]
     rebuilt = TableSet.for_stream(spec)
     for layer, table in spec.table_names().items():
-        pub = quality.publication(table)
+        pub = publication(table)
         assert pub["path"] == rebuilt[layer], "readers were switched to the rebuilt tables"
     done = last_backfill(name)
     assert done["outcome"] == "ok"

@@ -13,8 +13,13 @@ from decimal import Decimal
 import pytest
 
 from riverdelta.ops import state as ops
-from riverdelta.quality import gate as quality
 from riverdelta.quality import read
+from riverdelta.quality.benchmark import time_validation_vs_scan
+from riverdelta.quality.failures import REDACTED, failed_rows
+from riverdelta.quality.gate import ValidationFailedError, validate_table
+from riverdelta.quality.gx import data_docs_dir, data_docs_index, gx_root
+from riverdelta.quality.history import validation_history
+from riverdelta.quality.publications import publication
 from riverdelta.storage.lake import ops_path, table_path
 
 pytestmark = pytest.mark.integration
@@ -62,17 +67,17 @@ def test_good_data_publishes_bad_increment_is_held_back(spark, lake_env):
         read.read_validated(SILVER, spark=spark)
 
     append(spark, SILVER, [txn(i) for i in range(20)])
-    first = quality.validate_table(SILVER, spark=spark)
+    first = validate_table(SILVER, spark=spark)
     assert first["success"] and first["full"] and first["failed"] == []
     assert (first["from_version"], first["to_version"], first["rows_checked"]) == (None, 0, 20)
-    assert quality.publication(SILVER)["validated_version"] == 0
+    assert publication(SILVER)["validated_version"] == 0
 
     append(spark, SILVER, [txn(i, batch=1) for i in range(20, 27)])
-    second = quality.validate_table(SILVER, spark=spark)
+    second = validate_table(SILVER, spark=spark)
     assert second["success"] and not second["full"]
     # Only the 7 appended rows were read and checked.
     assert (second["from_version"], second["to_version"], second["rows_checked"]) == (0, 1, 7)
-    assert quality.publication(SILVER)["validated_version"] == 1
+    assert publication(SILVER)["validated_version"] == 1
 
     assert read.read_validated(SILVER, spark=spark).count() == 27
     assert read.read_validated(SILVER, engine="polars").height == 27
@@ -84,8 +89,8 @@ def test_good_data_publishes_bad_increment_is_held_back(spark, lake_env):
         txn(29, batch=2, event_id="e-29", action="steal"),
     ]
     append(spark, SILVER, bad)
-    with pytest.raises(quality.ValidationFailedError) as err:
-        quality.validate_table(SILVER, spark=spark)
+    with pytest.raises(ValidationFailedError) as err:
+        validate_table(SILVER, spark=spark)
     message = str(err.value)
     assert "expect_column_values_to_be_between on column amount" in message
     assert "-5.00" in message
@@ -96,17 +101,17 @@ def test_good_data_publishes_bad_increment_is_held_back(spark, lake_env):
     assert {f["column"] for f in failed["failed"]} == {"amount", "currency", "action"}
 
     # The pointer did not move: readers still get the last good version.
-    assert quality.publication(SILVER)["validated_version"] == 1
+    assert publication(SILVER)["validated_version"] == 1
     assert read.read_validated(SILVER, spark=spark).count() == 27
     assert read.read_validated(SILVER, engine="polars").height == 27
 
-    history = quality.validation_history(SILVER)
+    history = validation_history(SILVER)
     assert [h["success"] for h in history] == [True, True, False]
     assert [h["rows_checked"] for h in history] == [20, 7, 3]
     events = ops.history("transactions", "validation")
     assert [e["outcome"] for e in events] == ["ok", "ok", "fail"]
 
-    index = quality.data_docs_index()
+    index = data_docs_index()
     assert index.exists()
     html = index.read_text()
     for run in (first, second, failed):
@@ -125,14 +130,14 @@ def test_good_data_publishes_bad_increment_is_held_back(spark, lake_env):
 
 def test_duplicate_ids_and_full_validation(spark, lake_env):
     append(spark, SILVER, [txn(i) for i in range(5)])
-    assert quality.validate_table(SILVER, spark=spark)["success"]
+    assert validate_table(SILVER, spark=spark)["success"]
     # A duplicate of an id from an earlier increment: invisible to the increment alone ...
     append(spark, SILVER, [txn(100, batch=1, event_id="e-1")])
-    assert quality.validate_table(SILVER, spark=spark)["rows_checked"] == 1
+    assert validate_table(SILVER, spark=spark)["rows_checked"] == 1
     # ... and caught by the (periodic or requested) full validation.
-    with pytest.raises(quality.ValidationFailedError, match="expect_column_values_to_be_unique"):
-        quality.validate_table(SILVER, spark=spark, full=True)
-    assert quality.publication(SILVER)["validated_version"] == 1
+    with pytest.raises(ValidationFailedError, match="expect_column_values_to_be_unique"):
+        validate_table(SILVER, spark=spark, full=True)
+    assert publication(SILVER)["validated_version"] == 1
 
 
 def _gold_rows(spark, rows: list[dict]):
@@ -163,7 +168,7 @@ def test_gold_must_match_silver_for_closed_windows(spark, lake_env):
     _gold_rows(spark, rows).write.format("delta").option("txnAppId", "app-1").option(
         "txnVersion", 0
     ).save(table_path(gold))
-    ok = quality.validate_table(gold, spark=spark)
+    ok = validate_table(gold, spark=spark)
     assert ok["success"] and ok["full"] and ok["rows_checked"] > 0
 
     from delta.tables import DeltaTable
@@ -172,8 +177,8 @@ def test_gold_must_match_silver_for_closed_windows(spark, lake_env):
         condition="window_start = timestamp'2025-03-01 12:00:00' and user_id = 'user-0'",
         set={"total_amount": "total_amount + 1"},
     )
-    with pytest.raises(quality.ValidationFailedError) as err:
-        quality.validate_table(gold, spark=spark)
+    with pytest.raises(ValidationFailedError) as err:
+        validate_table(gold, spark=spark)
     assert "riverdelta.gold_matches_silver" in str(err.value)
     assert "1 closed window(s) differ from silver" in str(err.value)
 
@@ -219,8 +224,8 @@ def test_bronze_reconciles_with_ingest_batches(spark, lake_env):
     spark.createDataFrame([], quarantine_schema).write.format("delta").save(
         table_path("transactions_quarantine")
     )
-    with pytest.raises(quality.ValidationFailedError) as err:
-        quality.validate_table("transactions_bronze", spark=spark)
+    with pytest.raises(ValidationFailedError) as err:
+        validate_table("transactions_bronze", spark=spark)
     assert "riverdelta.reconcile_bronze" in str(err.value)
     assert '"quarantine": [0, 2]' in str(err.value)
 
@@ -231,12 +236,12 @@ def test_bronze_reconciles_with_ingest_batches(spark, lake_env):
         ],
         quarantine_schema,
     ).write.format("delta").mode("append").save(table_path("transactions_quarantine"))
-    assert quality.validate_table("transactions_bronze", spark=spark)["success"]
+    assert validate_table("transactions_bronze", spark=spark)["success"]
 
 
 def test_validation_vs_scan_measurement(spark, lake_env):
     append(spark, SILVER, [txn(i) for i in range(200)])
-    m = quality.time_validation_vs_scan(SILVER, spark=spark)
+    m = time_validation_vs_scan(SILVER, spark=spark)
     assert m["rows"] == 200 and m["success"]
     assert m["scan_seconds"] > 0 and m["ratio"] > 0
 
@@ -253,8 +258,8 @@ def _both_engines(monkeypatch, spark, table: str, **kwargs) -> dict[str, dict]:
         monkeypatch.setenv("RIVERDELTA_VALIDATION_ENGINE", engine)
         settings.cache_clear()
         try:
-            res = quality.validate_table(table, spark=spark, publish_on_pass=False, **kwargs)
-        except quality.ValidationFailedError as exc:
+            res = validate_table(table, spark=spark, publish_on_pass=False, **kwargs)
+        except ValidationFailedError as exc:
             res = exc.result
         assert res["engine"] == engine
         results[engine] = res
@@ -278,7 +283,7 @@ def _verdict(res: dict) -> tuple:
 
 def test_pandas_and_spark_engines_agree_on_planted_violations(spark, lake_env, monkeypatch):
     append(spark, SILVER, [txn(i) for i in range(20)])
-    base = quality.validate_table(SILVER, spark=spark)
+    base = validate_table(SILVER, spark=spark)
     # A small table is validated without a JVM by default.
     assert base["success"] and base["engine"] == "pandas"
     bad = [
@@ -366,28 +371,28 @@ def test_failed_rows_are_named_and_sensitive_values_never_shown(spark, lake_env,
     rows[3]["user_agent"] = secret
     rows[7]["url"] = None
     append(spark, "page_views_silver", rows, PV_SCHEMA)
-    with pytest.raises(quality.ValidationFailedError) as err:
-        quality.validate_table("page_views_silver", spark=spark)
+    with pytest.raises(ValidationFailedError) as err:
+        validate_table("page_views_silver", spark=spark)
     res = err.value.result
     assert {(f["expectation"], f["column"]) for f in res["failed"]} == {
         ("expect_column_value_lengths_to_be_between", "user_agent"),
         ("expect_column_values_to_not_be_null", "url"),
     }
     # The rows, by their Kafka coordinates, in a table a person can query.
-    named = quality.failed_rows("page_views_silver", res["run_id"])
+    named = failed_rows("page_views_silver", res["run_id"])
     assert res["failed_rows"] == len(named) == 2
     coords = {r["column"]: (r["row"]["partition"], r["row"]["offset"]) for r in named}
     assert coords == {"user_agent": (0, 3), "url": (1, 7)}
     by_column = {r["column"]: r["row"] for r in named}
-    assert by_column["user_agent"]["user_agent"] == quality.REDACTED
+    assert by_column["user_agent"]["user_agent"] == REDACTED
     assert by_column["url"]["event_id"] == "p-7"
     assert "riverdelta failed-rows page_views_silver" in str(err.value)
     # Nowhere: not the message, the history, the failed rows, nor any Data Docs page.
     assert secret not in str(err.value) and secret not in json.dumps(res, default=str)
-    assert all(secret not in h["failed"] for h in quality.validation_history("page_views_silver"))
-    docs = [p.read_text(errors="replace") for p in quality.data_docs_dir().rglob("*.html")]
+    assert all(secret not in h["failed"] for h in validation_history("page_views_silver"))
+    docs = [p.read_text(errors="replace") for p in data_docs_dir().rglob("*.html")]
     assert docs and not any(secret in page for page in docs)
-    stored = [p.read_text() for p in quality.gx_root().rglob("*.json") if "validations" in str(p)]
+    stored = [p.read_text() for p in gx_root().rglob("*.json") if "validations" in str(p)]
     assert stored and not any(secret in doc for doc in stored)
     # Data Docs say where each expectation came from.
     assert any("[contract]" in page for page in docs)

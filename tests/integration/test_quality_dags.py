@@ -43,7 +43,8 @@ def ids(rows: list[dict]) -> list[str]:
 
 def test_good_data_is_validated_and_published(spark):
     from riverdelta.ops import state as ops
-    from riverdelta.quality import gate as quality
+    from riverdelta.quality.gx import data_docs_index
+    from riverdelta.quality.publications import publication
 
     first = [txn(i) for i in range(20)]
     append(spark, SILVER, first)
@@ -52,7 +53,7 @@ def test_good_data_is_validated_and_published(spark):
     assert result["success"] and result["engine"] == "pandas"
     assert (result["full"], result["full_reason"]) == (True, "first validation of this table")
     assert (result["from_version"], result["to_version"], result["rows_checked"]) == (None, 0, 20)
-    assert quality.publication(SILVER)["validated_version"] == result["validated_version"] == 0
+    assert publication(SILVER)["validated_version"] == result["validated_version"] == 0
     assert validated_ids(SILVER) == ids(first)
 
     second = [txn(i, batch=1) for i in range(20, 27)]
@@ -62,7 +63,7 @@ def test_good_data_is_validated_and_published(spark):
     # Incremental: only the 7 rows of version 1 were checked.
     assert (result["from_version"], result["to_version"], result["rows_checked"]) == (0, 1, 7)
     assert result["full"] is False and result["validated_version"] == 1
-    assert quality.publication(SILVER)["validated_version"] == 1
+    assert publication(SILVER)["validated_version"] == 1
     assert validated_ids(SILVER) == ids(first + second)
 
     # full=true from the trigger form re-reads the whole table at the same version.
@@ -70,7 +71,7 @@ def test_good_data_is_validated_and_published(spark):
     assert state == "success"
     assert (result["full"], result["full_reason"]) == (True, "requested")
     assert (result["from_version"], result["to_version"], result["rows_checked"]) == (None, 1, 27)
-    assert result["data_docs"] == str(quality.data_docs_index())
+    assert result["data_docs"] == str(data_docs_index())
 
     events = ops.history("transactions", "validation")
     assert [(e["outcome"], e["detail"]["rows_checked"]) for e in events] == [
@@ -83,12 +84,13 @@ def test_good_data_is_validated_and_published(spark):
 
 def test_bad_increment_fails_the_run_pages_and_is_held_back(spark):
     from riverdelta.ops import state as ops
-    from riverdelta.quality import gate as quality
+    from riverdelta.quality.history import last_validation
+    from riverdelta.quality.publications import publication
 
     good = [txn(i) for i in range(10)]
     append(spark, SILVER, good)
     assert run_quality(SILVER)[0] == "success"
-    assert quality.publication(SILVER)["validated_version"] == 0
+    assert publication(SILVER)["validated_version"] == 0
 
     bad = [txn(10, batch=1, amount=Decimal("-5.00")), txn(11, batch=1, event_id=None)]
     append(spark, SILVER, bad)
@@ -97,10 +99,10 @@ def test_bad_increment_fails_the_run_pages_and_is_held_back(spark):
     assert result is None
 
     # The pointer did not move: readers still get exactly the good rows.
-    assert quality.publication(SILVER)["validated_version"] == 0
+    assert publication(SILVER)["validated_version"] == 0
     assert validated_ids(SILVER) == ids(good)
 
-    last = quality.last_validation(SILVER)
+    last = last_validation(SILVER)
     assert (last["success"], last["from_version"], last["to_version"], last["rows_checked"]) == (
         False,
         0,
@@ -132,21 +134,21 @@ def test_bad_increment_fails_the_run_pages_and_is_held_back(spark):
 
 def test_a_stream_with_no_tables_yet_is_a_quiet_no_op():
     from riverdelta.ops import state as ops
-    from riverdelta.quality import gate as quality
+    from riverdelta.quality.publications import publication
 
     state, ti, result = run_gate()
     assert (state, ti.state) == ("success", "success")
     # In the gate's order: what analysts read (silver, gold) before bronze and quarantine.
     names = [f"transactions_{t}" for t in ("silver", "gold_user_5m", "bronze", "quarantine")]
     assert result == {"results": {}, "needs_spark": [], "missing": names, "triggered_by": {}}
-    assert quality.publication(SILVER) is None
+    assert publication(SILVER) is None
     assert ops.history("transactions") == []
 
 
 def test_tables_that_need_spark_are_handed_to_the_pool_task(spark, monkeypatch):
     """Above the row bound the pandas task validates nothing and the Spark task does it."""
     from riverdelta.config.settings import settings
-    from riverdelta.quality import gate as quality
+    from riverdelta.quality.publications import publication
 
     monkeypatch.setenv("RIVERDELTA_VALIDATION_PANDAS_MAX_ROWS", "5")
     settings.cache_clear()
@@ -162,5 +164,5 @@ def test_tables_that_need_spark_are_handed_to_the_pool_task(spark, monkeypatch):
     result = dr.get_task_instance("report_verdict").xcom_pull(task_ids="report_verdict")
     assert result["results"][SILVER]["engine"] == "spark"
     assert result["results"][SILVER]["rows_checked"] == 12
-    assert quality.publication(SILVER)["validated_version"] == 0
+    assert publication(SILVER)["validated_version"] == 0
     assert validated_ids(SILVER) == ids(rows)

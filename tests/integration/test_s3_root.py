@@ -99,8 +99,9 @@ def test_s3a_root(s3_root, stream_registry, kafka):
     from riverdelta.launch.submit import build_command, ingest_args, submit_env
     from riverdelta.ops import health
     from riverdelta.ops import state as ops
-    from riverdelta.quality import gate as quality
+    from riverdelta.quality.publications import publication, publish
     from riverdelta.quality.read import read_validated
+    from riverdelta.quality.tables import latest_version
     from riverdelta.storage import roots as storage
     from riverdelta.storage.lake import TableSet, checkpoint_path
 
@@ -148,7 +149,7 @@ def test_s3a_root(s3_root, stream_registry, kafka):
     ops.record(stream, "storage_check")
     assert [e["event"] for e in ops.history(stream)] == ["storage_check"]
     assert (s3_root / "riverdelta" / "lake" / "_ops" / "ops_history" / "_delta_log").is_dir()
-    version = quality.latest_version(tables["silver"])
-    quality.publish(f"{stream}_silver", version, by="test")
-    assert quality.publication(f"{stream}_silver")["path"] == tables["silver"]
+    version = latest_version(tables["silver"])
+    publish(f"{stream}_silver", version, by="test")
+    assert publication(f"{stream}_silver")["path"] == tables["silver"]
     assert read_validated(f"{stream}_silver", engine="polars").height == rows("silver")

@@ -34,8 +34,9 @@ def test_file_uri_root(spark, kafka, topic, file_root):
     from riverdelta.embedded.generator import produce
     from riverdelta.ops import health
     from riverdelta.ops import state as ops
-    from riverdelta.quality import gate as quality
+    from riverdelta.quality.publications import publish
     from riverdelta.quality.read import read_validated
+    from riverdelta.quality.tables import latest_version
     from riverdelta.stream.ingest import make_job, start_query, stop_gold
 
     spec = spec_on_topic("transactions", topic)
@@ -67,9 +68,9 @@ def test_file_uri_root(spark, kafka, topic, file_root):
     assert settings().control == file_root / "_ops"
     ops.record("transactions", "storage_check", detail_root=root)
     assert [e["event"] for e in ops.history("transactions")] == ["storage_check"]
-    version = quality.latest_version(job.tables["silver"])
+    version = latest_version(job.tables["silver"])
     assert version is not None and version >= 0
-    quality.publish("transactions_silver", version, path=job.tables["silver"], by="test")
+    publish("transactions_silver", version, path=job.tables["silver"], by="test")
     assert (file_root / "_ops" / "publications" / "transactions_silver.json").exists()
     validated = read_validated("transactions_silver", engine="polars")
     assert validated.height == read(spark, job.tables["silver"]).count() == counts["silver"]

@@ -36,7 +36,7 @@ BUILTIN_BASES = {
     "riverdelta.ops.state.StaleStateError": RuntimeError,
     "riverdelta.quality.gate.ValidationFailedError": RuntimeError,
     "riverdelta.quality.gate.NeedsSparkError": RuntimeError,
-    "riverdelta.quality.gate.NotValidatedError": LookupError,
+    "riverdelta.quality.publications.NotValidatedError": LookupError,
     "riverdelta.config.registry.ContractError": ValueError,
     "riverdelta.config.registry.UnknownStreamError": ValueError,
     "riverdelta.config.settings.ConfigError": ValueError,

@@ -30,7 +30,7 @@ def _append(path: str, n: int) -> None:
 
 
 def test_fires_once_per_new_version_and_remembers_across_restarts_by_the_pointer(silver):
-    from riverdelta.quality import gate as quality
+    from riverdelta.quality.publications import publish
     from riverdelta.quality.trigger import new_versions
 
     seen: dict = {}
@@ -44,7 +44,7 @@ def test_fires_once_per_new_version_and_remembers_across_restarts_by_the_pointer
 
     # A restarted watcher starts from the validated version: v2 is not validated yet.
     assert new_versions("transactions", {}) == {"transactions_silver": 2}
-    quality.publish("transactions_silver", 2, path=silver, by="test")
+    publish("transactions_silver", 2, path=silver, by="test")
     assert new_versions("transactions", {}) == {}
 
 

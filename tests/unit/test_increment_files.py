@@ -16,7 +16,7 @@ def _write(path: str, value: int, mode: str = "append") -> None:
 
 
 def test_the_range_is_judged_by_its_own_commits_not_by_later_ones(tmp_path):
-    from riverdelta.quality.gate import increment_files
+    from riverdelta.quality.increments import increment_files
 
     path = str(tmp_path / "t")
     for i in range(3):
@@ -35,7 +35,7 @@ def test_a_compaction_in_the_range_adds_no_rows_and_the_originals_are_still_read
     from deltalake import DeltaTable
 
     from riverdelta.quality.engine import estimated_rows, pandas_rows
-    from riverdelta.quality.gate import increment_files
+    from riverdelta.quality.increments import increment_files
 
     path = str(tmp_path / "t")
     for i in range(4):

@@ -24,7 +24,7 @@ def _files_on_disk(path: str) -> int:
 def test_vacuum_keeps_the_validated_snapshot_and_the_increments_originals(tmp_path):
     from riverdelta.ops.maintenance import maintain_table
     from riverdelta.quality.engine import pandas_rows
-    from riverdelta.quality.gate import increment_files
+    from riverdelta.quality.increments import increment_files
 
     path = str(tmp_path / "t")
     for i in range(4):
@@ -125,7 +125,7 @@ def test_old_table_sets_go_after_the_retention_unless_live_or_published(tmp_path
     from riverdelta.config.registry import load_registry
     from riverdelta.config.settings import settings
     from riverdelta.ops.maintenance import remove_old_table_sets
-    from riverdelta.quality import gate as quality
+    from riverdelta.quality.publications import publish
     from riverdelta.storage.lake import TableSet, lake_root, set_stream_location
 
     data = yaml.safe_load(settings().streams_file.read_text())
@@ -145,7 +145,7 @@ def test_old_table_sets_go_after_the_retention_unless_live_or_published(tmp_path
         for path in TableSet.for_stream(spec, rebuilt_root).paths.values():
             _append(path, [1])
         set_stream_location("page_views", rebuilt_root, str(tmp_path / "cp"), by="r1")
-        quality.publish("page_views_silver", 0, path=first["silver"], by="test")
+        publish("page_views_silver", 0, path=first["silver"], by="test")
 
         [listed] = remove_old_table_sets("page_views", dry_run=True)
         assert listed["root"].endswith("/tables") and len(listed["tables"]) == 4
@@ -153,7 +153,7 @@ def test_old_table_sets_go_after_the_retention_unless_live_or_published(tmp_path
             False,
             "a publication still points at it",
         )
-        quality.publish("page_views_silver", 0, path=rebuilt_root + "/page_views_silver", by="t")
+        publish("page_views_silver", 0, path=rebuilt_root + "/page_views_silver", by="t")
         time.sleep(1.2)
         [done] = remove_old_table_sets("page_views", dry_run=False)
         assert done["removed"] is True

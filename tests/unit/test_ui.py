@@ -98,13 +98,13 @@ def test_sparkline_needs_two_points_and_skips_gaps():
 
 
 def test_data_docs_file_stays_inside_the_site(tmp_path, monkeypatch):
-    from riverdelta.quality import gate as quality
+    from riverdelta.quality import gx
 
     site = tmp_path / "data_docs"
     (site / "validations").mkdir(parents=True)
     (site / "index.html").write_text("<html/>")
     (tmp_path / "secret.txt").write_text("no")
-    monkeypatch.setattr(quality, "data_docs_dir", lambda: site)
+    monkeypatch.setattr(gx, "data_docs_dir", lambda: site)
     assert ui_data.data_docs_file("index.html") == (site / "index.html").resolve()
     assert ui_data.data_docs_file("../secret.txt") is None
     assert ui_data.data_docs_file("validations") is None  # a folder is not a page

@@ -103,7 +103,7 @@ def create_app() -> FastAPI:
 
     @app.get("/failed-rows/{table}", response_class=HTMLResponse)
     def failed_rows(table: str, user: User, run_id: str | None = None) -> HTMLResponse:
-        from riverdelta.quality.gate import failed_rows as read_failed
+        from riverdelta.quality.failures import failed_rows as read_failed
 
         rows = read_failed(table, run_id)[-100:]
         return HTMLResponse(render_failed_rows(table, run_id, rows))

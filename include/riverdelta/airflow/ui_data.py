@@ -120,7 +120,7 @@ def backfills(stream: str) -> list[dict[str, Any]]:
 
 def data_docs_page(table: str) -> str | None:
     """The newest Data Docs validation page of ``table``, relative to the site's root."""
-    from riverdelta.quality.gate import data_docs_dir
+    from riverdelta.quality.gx import data_docs_dir
 
     # GX 1.x lays results out as validations/<suite>/<run>/<time>/<batch>.html; a
     # table's suite is named after it.
@@ -176,7 +176,7 @@ def overview(hours: float = HOURS, now: float | None = None) -> dict[str, Any]:
 
 def data_docs_file(relative: str) -> Path | None:
     """A file of the Data Docs site, or None when ``relative`` leaves the site."""
-    from riverdelta.quality.gate import data_docs_dir
+    from riverdelta.quality.gx import data_docs_dir
 
     root = data_docs_dir().resolve()
     target = (root / relative).resolve()

@@ -644,7 +644,8 @@ def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0
     from riverdelta.ops import control
     from riverdelta.ops import state as ops
     from riverdelta.ops.health import read_checkpoint, watermarks
-    from riverdelta.quality.gate import publish_many, validate_table
+    from riverdelta.quality.gate import validate_table
+    from riverdelta.quality.publications import publish_many
     from riverdelta.storage.lake import TableSet, set_stream_location
 
     stream = p["stream"]

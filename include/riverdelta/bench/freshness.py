@@ -132,12 +132,13 @@ def _wait(what: str, check, timeout: float, interval: float = 2.0):
 
 def _caught_up(silver: str) -> bool:
     from riverdelta.ops.status import stream_status
-    from riverdelta.quality import gate as quality
+    from riverdelta.quality.publications import publication
+    from riverdelta.quality.tables import latest_version
 
     if stream_status(STREAM)["lag_records"] != 0:
         return False
-    pub = quality.publication(f"{STREAM}_silver")
-    latest = quality.latest_version(silver)
+    pub = publication(f"{STREAM}_silver")
+    latest = latest_version(silver)
     return bool(pub and latest is not None and pub["validated_version"] >= latest)
 
 

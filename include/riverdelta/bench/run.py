@@ -811,7 +811,7 @@ def warmup(spark: SparkSession, spec: StreamSpec, root: Path, records: int = 5_0
 
 
 def validation(spark: SparkSession) -> dict[str, Any]:
-    from riverdelta.quality.gate import time_validation_vs_scan
+    from riverdelta.quality.benchmark import time_validation_vs_scan
 
     return time_validation_vs_scan(f"{STREAM}_silver", spark=spark)
 
@@ -838,7 +838,7 @@ def increment_validation(spark: SparkSession) -> dict[str, Any]:
     process, with each engine (Spark's figure includes its JVM start), same rows."""
     from pyspark.sql import functions as F
 
-    from riverdelta.quality.gate import resolve_table
+    from riverdelta.quality.tables import resolve_table
 
     table = f"{STREAM}_silver"
     ref = resolve_table(table)

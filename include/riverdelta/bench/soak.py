@@ -87,7 +87,7 @@ def sample(streams: list[str], since: datetime) -> dict[str, Any]:
 
     from riverdelta.config.registry import load_registry
     from riverdelta.ops.status import stream_status
-    from riverdelta.quality.gate import validation_history
+    from riverdelta.quality.history import validation_history
     from riverdelta.storage.lake import TableSet
 
     # The machine is shared: every sample carries the load it was taken under.

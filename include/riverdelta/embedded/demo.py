@@ -85,7 +85,7 @@ def wait_validated(
     run's start: a second demo run waits for fresh validations, and a gate that was
     quicker than the streams' health wait still counts). Nobody triggers the gates:
     their watchers (Airflow's triggerer) see each new Delta version within seconds."""
-    from riverdelta.quality.gate import publications
+    from riverdelta.quality.publications import publications
 
     gates = ", ".join(f"quality_{n}" for n in streams)
     say(f"the quality gates ({gates}) validate each new table version as it lands")
@@ -124,7 +124,7 @@ def summary(streams: list[str], backfill: dict[str, Any] | None = None) -> str:
     from riverdelta.airflow import env as airflow_env
     from riverdelta.embedded import airflow_stack
     from riverdelta.ops.status import stream_status
-    from riverdelta.quality.gate import data_docs_index
+    from riverdelta.quality.gx import data_docs_index
     from riverdelta.quality.read import tables_report
 
     lines = [

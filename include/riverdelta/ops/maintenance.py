@@ -152,7 +152,7 @@ def maintain_stream(stream: str) -> dict[str, Any]:
     """Maintain every table of a stream's live set; the validated versions are kept."""
     from riverdelta.backfill.replay import running_backfill
     from riverdelta.config.registry import load_registry, parse_duration
-    from riverdelta.quality.gate import publication
+    from riverdelta.quality.publications import publication
     from riverdelta.storage.lake import TableSet
 
     spec = load_registry().get(stream)
@@ -220,7 +220,7 @@ def old_table_sets(stream: str) -> list[dict[str, Any]]:
     last commit (nobody writes a retired set, so that is when it was retired).
     """
     from riverdelta.config.registry import load_registry, parse_duration
-    from riverdelta.quality.gate import publication
+    from riverdelta.quality.publications import publication
     from riverdelta.storage.lake import lake_root, stream_location
 
     spec = load_registry().get(stream)

@@ -12,14 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from riverdelta.quality.gate import (
-    NotValidatedError,
-    all_tables,
-    last_validation,
-    latest_version,
-    publication,
-    publications,
-)
+from riverdelta.quality.history import last_validation
+from riverdelta.quality.publications import NotValidatedError, publication, publications
+from riverdelta.quality.tables import all_tables, latest_version
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -99,7 +94,7 @@ def _row_count(path: str, version: int | None) -> int | None:
 
 def tables_report() -> list[dict[str, Any]]:
     """Per table: path, latest and validated versions, row counts at both, last validation."""
-    from riverdelta.quality.gate import resolve_table
+    from riverdelta.quality.tables import resolve_table
 
     report = []
     for name in all_tables():

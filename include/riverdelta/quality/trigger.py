@@ -35,7 +35,7 @@ def default_poll_seconds() -> float:
 
 def _baseline(table: str, path: str) -> int:
     """What a fresh watcher treats as seen: the validated version of this very path."""
-    from riverdelta.quality.gate import publication
+    from riverdelta.quality.publications import publication
 
     pub = publication(table)
     return int(pub["validated_version"]) if pub and pub["path"] == path else -1
@@ -48,7 +48,7 @@ def new_versions(stream: str, seen: dict[str, tuple[str, int]]) -> dict[str, int
     be read this time is skipped, not fatal: the next poll tries again.
     """
     from riverdelta.config.registry import load_registry
-    from riverdelta.quality.gate import latest_version
+    from riverdelta.quality.tables import latest_version
     from riverdelta.storage.lake import TableSet
 
     spec = load_registry().get(stream)
