@@ -166,32 +166,36 @@ def quality_dag(stream: str) -> DAG:
     return _quality_dag(load_registry().get(stream))
 
 
+def _params(names: list[str]) -> dict[str, Param]:
+    """What a manual run may ask: a subset of the stream's tables, a full validation."""
+    return {
+        "tables": Param(
+            [],
+            type="array",
+            items={"type": "string", "enum": names},
+            title="Tables",
+            description="Validate only these tables of the stream (empty: all of them).",
+        ),
+        "full": Param(
+            False,
+            type="boolean",
+            title="Full validation",
+            description=(
+                "Validate every row of the tables instead of only the rows added since "
+                "their validated versions."
+            ),
+        ),
+    }
+
+
 def _quality_dag(spec: StreamSpec) -> DAG:
     stream = spec.name
-    names = list(spec.table_names().values())
     with DAG(
         dag_id=f"quality_{stream}",
         schedule=quality_schedule(spec),
         **DAG_DEFAULTS,
         tags=["riverdelta", "quality", stream],
-        params={
-            "tables": Param(
-                [],
-                type="array",
-                items={"type": "string", "enum": names},
-                title="Tables",
-                description="Validate only these tables of the stream (empty: all of them).",
-            ),
-            "full": Param(
-                False,
-                type="boolean",
-                title="Full validation",
-                description=(
-                    "Validate every row of the tables instead of only the rows added since "
-                    "their validated versions."
-                ),
-            ),
-        },
+        params=_params(list(spec.table_names().values())),
         # Only report_verdict pages: it fails whenever a table or a task did.
         default_args={"retries": 0},
         doc_md=_doc_md(spec),

@@ -1446,7 +1446,7 @@ class loading and code generation are not charged to whichever phase runs first)
   *Final lag* = topic end offsets - the last committed batch's end offsets when the
   producer stops; *kept up* = the query then drains that lag and it is at most two
   trigger intervals of input.
-- **Validation vs scan**: `quality.time_validation_vs_scan("transactions_silver")`:
+- **Validation vs scan**: `quality.benchmark.time_validation_vs_scan("transactions_silver")`:
   a full validation (GX checkpoint, history row, Data Docs, publication) vs one Spark
   aggregation computing the suite's metrics on the same pinned version.
 - **DAG parse**: each file in `dags/` through `DagBag` in a fresh interpreter with

@@ -1,9 +1,9 @@
 """Reading what passed the quality gate.
 
 Readers never see the table's latest version, only the version its last passing
-validation published (``_ops/publications/<table>.json``, see ``quality``). Spark
-reads it with ``versionAsOf``; polars and pyarrow read it through delta-rs, with
-no JVM.
+validation published (``_ops/publications/<table>.json``, see
+``riverdelta.quality.publications``). Spark reads it with ``versionAsOf``; polars
+and pyarrow read it through delta-rs, with no JVM.
 
 Airflow DAG files import this module: heavy libraries are imported inside functions.
 """
