@@ -333,3 +333,48 @@ def test_modules_do_not_import_heavy_libraries():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- watermarks
+
+
+class FakeAdmin:
+    """list_topics and list_offsets as confluent_kafka's AdminClient answers them."""
+
+    def __init__(self, ends: dict[int, tuple[int, int]]) -> None:
+        self.ends, self.asked = ends, []
+
+    def list_topics(self, topic=None, timeout=-1):
+        from types import SimpleNamespace
+
+        meta = SimpleNamespace(error=None, partitions=dict.fromkeys(self.ends))
+        return SimpleNamespace(topics={TOPIC: meta})
+
+    def list_offsets(self, specs, **kwargs):
+        from concurrent.futures import Future
+
+        from confluent_kafka.admin import ListOffsetsResultInfo, OffsetSpec
+
+        self.asked.append(({tp.partition for tp in specs}, kwargs))
+        out = {}
+        for tp, spec in specs.items():
+            low, high = self.ends[tp.partition]
+            fut: Future = Future()
+            offset = low if isinstance(spec, type(OffsetSpec.earliest())) else high
+            fut.set_result(ListOffsetsResultInfo(offset, -1, -1))
+            out[tp] = fut
+        return out
+
+
+def test_watermarks_ask_both_ends_of_every_partition_at_once(monkeypatch):
+    from confluent_kafka import IsolationLevel
+
+    from riverdelta.ops.health import watermarks
+
+    admin = FakeAdmin({0: (3, 10), 1: (0, 0)})
+    monkeypatch.setattr("riverdelta.ops.health._admin", lambda bootstrap: admin)
+    assert watermarks("k", TOPIC, timeout=4) == tps({0: (3, 10), 1: (0, 0)})
+    assert len(admin.asked) == 2  # one request per end, not one per partition
+    for parts, kwargs in admin.asked:
+        assert parts == {0, 1}
+        assert kwargs == {"isolation_level": IsolationLevel.READ_COMMITTED, "request_timeout": 4}

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
+from urllib.parse import quote
+
+import httpx
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_incrementing,
+)
 
 from riverdelta.airflow.env import ADMIN_USER, AirflowError, admin_password, api_url
+
+# Failures before the request reached the server (urllib's URLError): safe to send again.
+_UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.WriteError, httpx.WriteTimeout)
+
+
+def _retryable(exc: BaseException) -> bool:
+    # A freshly parsed DAG or a busy SQLite answers 500 for a moment; 4xx are final.
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, _UNSENT)
 
 
 class ApiClient:
@@ -17,32 +33,25 @@ class ApiClient:
         self, base: str | None = None, user: str = ADMIN_USER, password: str | None = None
     ):
         self.base = base or api_url()
-        body = json.dumps({"username": user, "password": password or admin_password()}).encode()
-        req = urllib.request.Request(
-            f"{self.base}/auth/token", data=body, headers={"Content-Type": "application/json"}
+        self.http = httpx.Client(base_url=self.base, timeout=30, follow_redirects=True)
+        resp = self.http.post(
+            "/auth/token", json={"username": user, "password": password or admin_password()}
         )
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            self.token = json.loads(resp.read())["access_token"]
+        self.token = resp.raise_for_status().json()["access_token"]
+        self.http.headers["Authorization"] = f"Bearer {self.token}"
 
     def call(self, method: str, path: str, body: dict | None = None, attempts: int = 6) -> dict:
-        req = urllib.request.Request(
-            f"{self.base}/api/v2{path}",
-            method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        retrying = Retrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_incrementing(start=2, increment=2),  # 2, 4, 6 ... s
+            retry=retry_if_exception(_retryable),
+            reraise=True,
         )
-        for attempt in range(attempts):
-            try:
-                with urllib.request.urlopen(req, timeout=30) as resp:
-                    return json.loads(resp.read() or b"{}")
-            except urllib.error.HTTPError as exc:
-                # A freshly parsed DAG or a busy SQLite answers 500 for a moment; 4xx are final.
-                if exc.code < 500 or attempt == attempts - 1:
-                    raise
-            except urllib.error.URLError:
-                if attempt == attempts - 1:
-                    raise
-            time.sleep(2 * (attempt + 1))
+        for attempt in retrying:
+            with attempt:
+                resp = self.http.request(method, f"/api/v2{path}", json=body)
+                resp.raise_for_status()
+                return resp.json() if resp.content else {}
         raise AssertionError("unreachable")
 
     def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
@@ -51,7 +60,7 @@ class ApiClient:
             try:
                 self.call("GET", f"/dags/{dag_id}")
                 return
-            except urllib.error.HTTPError:
+            except httpx.HTTPStatusError:
                 if time.monotonic() > deadline:
                     raise AirflowError(
                         f"DAG {dag_id} did not appear within {timeout:.0f}s"
@@ -69,8 +78,6 @@ class ApiClient:
         return run["dag_run_id"]
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
-        from urllib.parse import quote
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             state = self.call("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")["state"]

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from riverdelta.launch import procs
 
 RUNNING = "RUNNING"
@@ -355,7 +357,7 @@ def _may_signal_group(info: procs.ProcInfo) -> bool:
     procs.reap(info.pid)
     if procs.alive(info):
         return True
-    return not Path(f"/proc/{info.pid}").exists() and procs.group_alive(info.pid)
+    return not psutil.pid_exists(info.pid) and procs.group_alive(info.pid)
 
 
 def _killpg(pgid: int, sig: int) -> None:

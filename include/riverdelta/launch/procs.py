@@ -1,8 +1,8 @@
 """Detached, supervised processes tracked by pid files.
 
-A pid file records the pid *and* the process start time from /proc, so a pid
-reused by an unrelated process after a reboot or crash is recognised as stale
-and never signalled.
+A pid file records the pid *and* the process start time (clock ticks since
+boot), so a pid reused by an unrelated process after a reboot or crash is
+recognised as stale and never signalled. psutil reads the process table.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from riverdelta.config.settings import settings
 from riverdelta.storage import files
@@ -31,14 +33,20 @@ class ProcInfo:
     started_at: float
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _ticks(proc: psutil.Process) -> int:
+    # create_time() is boot time + start ticks read off the wall clock, so it moves when the
+    # clock is set; the ticks since boot do not, and pid files and Deployments already hold them.
+    return round((proc.create_time() - psutil.boot_time()) * _CLOCK_TICKS)
+
+
 def _start_ticks(pid: int) -> int | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return _ticks(psutil.Process(pid))
+    except (psutil.Error, ValueError):
         return None
-    # Field 22 (starttime); the command name in field 2 may contain spaces.
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[19])
 
 
 def pid_file(name: str) -> Path:
@@ -59,15 +67,12 @@ def read(name: str) -> ProcInfo | None:
 def alive(info: ProcInfo | None) -> bool:
     if info is None:
         return False
-    ticks = _start_ticks(info.pid)
-    if ticks is None or ticks != info.start_ticks:
-        return False
-    # A zombie is dead for our purposes.
     try:
-        state = Path(f"/proc/{info.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
+        proc = psutil.Process(info.pid)
+        # A zombie is dead for our purposes.
+        return _ticks(proc) == info.start_ticks and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, ValueError):
         return False
-    return state != "Z"
 
 
 def running(name: str) -> ProcInfo | None:
@@ -116,23 +121,19 @@ def stop(name: str, *, timeout: float = 30.0, sig: int = signal.SIGTERM) -> bool
     with contextlib.suppress(ProcessLookupError):
         os.killpg(info.pid, sig)
     deadline = time.monotonic() + timeout
+    # Not psutil.wait_procs: it waits for a zombie that is not our child (a container's pid 1
+    # may never reap it), and a zombie is stopped for our purposes.
     while time.monotonic() < deadline and alive(info):
-        _reap(info.pid)
+        reap(info.pid)
         time.sleep(0.2)
     if alive(info):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(info.pid, signal.SIGKILL)
         while alive(info):
-            _reap(info.pid)
+            reap(info.pid)
             time.sleep(0.1)
     pid_file(name).unlink(missing_ok=True)
     return True
-
-
-def _reap(pid: int) -> None:
-    # Our own child (started in this process) must be waited for, or it stays a zombie.
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def free_port() -> int:
@@ -158,19 +159,14 @@ def group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     # Zombies wait for a parent to reap them; they hold no ports, memory or files.
-    return any(_in_group_and_live(p, pgid) for p in _pids())
+    return any(_in_group_and_live(p, pgid) for p in psutil.process_iter())
 
 
-def _pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-
-
-def _in_group_and_live(pid: int, pgid: int) -> bool:
+def _in_group_and_live(proc: psutil.Process, pgid: int) -> bool:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        return os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE
+    except (OSError, psutil.Error):
         return False
-    return fields[0] != "Z" and int(fields[2]) == pgid
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:

@@ -177,6 +177,13 @@ def _consumer(bootstrap: str, **conf: Any):
     return kafka_client.consumer(bootstrap, **conf)
 
 
+def _admin(bootstrap: str):
+    """An admin client built by kafka_client with the environment's security."""
+    from riverdelta.kafka import client as kafka_client
+
+    return kafka_client.admin(bootstrap)
+
+
 def _explain_refusal(bootstrap: str) -> None:
     """Raise the one-line reason when Kafka refuses this client's setup (password, TLS, ...)."""
     from riverdelta.kafka import client as kafka_client
@@ -184,12 +191,15 @@ def _explain_refusal(bootstrap: str) -> None:
     kafka_client.check(kafka_client.config_for(bootstrap), timeout=3.0)
 
 
-def _partitions(consumer, bootstrap: str, source: TopicSource, timeout: float) -> list[TP]:
-    """Every partition of the source's topics now: a pattern is matched against the cluster."""
+def _partitions(client, bootstrap: str, source: TopicSource, timeout: float) -> list[TP]:
+    """Every partition of the source's topics now: a pattern is matched against the cluster.
+
+    ``client`` is a consumer or an admin client: both answer ``list_topics``.
+    """
     # One named topic is asked for alone; several, or a pattern, need the whole listing.
     alone = source.topics[0] if len(source.topics) == 1 and not source.pattern else None
     try:
-        listed = consumer.list_topics(alone, timeout=timeout).topics
+        listed = client.list_topics(alone, timeout=timeout).topics
     except Exception:
         _explain_refusal(bootstrap)
         raise
@@ -217,19 +227,28 @@ def source_topics(bootstrap: str, source: TopicSource | str, timeout: float = DE
 def watermarks(
     bootstrap: str, source: TopicSource | str, timeout: float = DEFAULT_TIMEOUT
 ) -> dict[TP, tuple[int, int]]:
-    """(topic, partition) -> (earliest retained offset, high watermark)."""
-    from confluent_kafka import TopicPartition
+    """(topic, partition) -> (earliest retained offset, high watermark).
 
-    consumer = _consumer(bootstrap)
-    try:
-        return {
-            (t, p): consumer.get_watermark_offsets(
-                TopicPartition(t, p), timeout=timeout, cached=False
-            )
-            for t, p in _partitions(consumer, bootstrap, TopicSource.of(source), timeout)
-        }
-    finally:
-        consumer.close()
+    The high watermark is read_committed's (the last stable offset), librdkafka's
+    default isolation: an open transaction's records count once it commits.
+    Each end is one ListOffsets request per leader, not one per partition.
+    """
+    from confluent_kafka import IsolationLevel, TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    admin = _admin(bootstrap)
+    tps = [
+        TopicPartition(t, p)
+        for t, p in _partitions(admin, bootstrap, TopicSource.of(source), timeout)
+    ]
+    if not tps:
+        return {}
+    ask = {"isolation_level": IsolationLevel.READ_COMMITTED, "request_timeout": timeout}
+    low = admin.list_offsets(dict.fromkeys(tps, OffsetSpec.earliest()), **ask)
+    high = admin.list_offsets(dict.fromkeys(tps, OffsetSpec.latest()), **ask)
+    return {
+        (tp.topic, tp.partition): (low[tp].result().offset, high[tp].result().offset) for tp in tps
+    }
 
 
 def end_offsets(
