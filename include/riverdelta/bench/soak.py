@@ -143,7 +143,7 @@ def reconcile(stream: str) -> dict[str, Any]:
 
 def run(minutes: float, rate: float, maintain_every: int, out: Path) -> dict[str, Any]:
     from riverdelta.airflow import api as airflow_api
-    from riverdelta.bench import run as bench
+    from riverdelta.bench import host
     from riverdelta.config.registry import load_registry
     from riverdelta.embedded import airflow_stack, kafka_broker
     from riverdelta.embedded.demo import start_producers
@@ -151,7 +151,7 @@ def run(minutes: float, rate: float, maintain_every: int, out: Path) -> dict[str
     from riverdelta.ops import control
 
     home = out / "home"
-    with bench.isolated_home(home):
+    with host.isolated_home(home):
         import os
 
         os.environ["RIVERDELTA_STREAMS"] = str(_registry(out, maintain_every))
@@ -191,7 +191,7 @@ def run(minutes: float, rate: float, maintain_every: int, out: Path) -> dict[str
         "minutes": minutes,
         "rate_per_stream": rate,
         "maintain_every_minutes": maintain_every,
-        "machine": bench.machine(),
+        "machine": host.machine(),
         "samples": samples,
         "reconciliation": final,
     }
