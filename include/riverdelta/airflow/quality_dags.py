@@ -36,6 +36,7 @@ from airflow.sdk import (
     task,
 )
 
+from riverdelta.airflow import dag_ids
 from riverdelta.airflow.env import SPARK_POOL
 from riverdelta.airflow.stream_dags import DAG_DEFAULTS, table_asset
 from riverdelta.config.registry import StreamSpec, load_registry
@@ -170,7 +171,7 @@ def _quality_dag(spec: StreamSpec) -> DAG:
     stream = spec.name
     names = list(spec.table_names().values())
     with DAG(
-        dag_id=f"quality_{stream}",
+        dag_id=dag_ids.quality(stream),
         schedule=quality_schedule(spec),
         **DAG_DEFAULTS,
         tags=["riverdelta", "quality", stream],
@@ -244,4 +245,4 @@ def _quality_dag(spec: StreamSpec) -> DAG:
 
 
 def quality_dags() -> dict[str, DAG]:
-    return {f"quality_{s.name}": _quality_dag(s) for s in load_registry().streams.values()}
+    return {dag_ids.quality(s.name): _quality_dag(s) for s in load_registry().streams.values()}

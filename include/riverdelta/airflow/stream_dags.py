@@ -15,6 +15,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, task
 
+from riverdelta.airflow import dag_ids
 from riverdelta.airflow.env import SPARK_POOL, kafka_connection
 from riverdelta.config.registry import StreamSpec, load_registry
 from riverdelta.ops.alerts import page
@@ -100,7 +101,7 @@ def stream_dag(spec: StreamSpec) -> DAG:
     name = spec.name
     tables = spec.table_names()
     with DAG(
-        dag_id=f"stream_{name}",
+        dag_id=dag_ids.stream(name),
         schedule=timedelta(minutes=3),
         **DAG_DEFAULTS,
         tags=["riverdelta", "stream", name],
@@ -119,7 +120,7 @@ def stream_dag(spec: StreamSpec) -> DAG:
 
 
 def stream_dags() -> dict[str, DAG]:
-    return {f"stream_{s.name}": stream_dag(s) for s in load_registry().streams.values()}
+    return {dag_ids.stream(s.name): stream_dag(s) for s in load_registry().streams.values()}
 
 
 # --------------------------------------------------------------------------- backfills
@@ -272,7 +273,7 @@ def _backfill_tasks(name: str) -> None:
 def backfill_dag(spec: StreamSpec) -> DAG:
     name = spec.name
     with DAG(
-        dag_id=f"backfill_{name}",
+        dag_id=dag_ids.backfill(name),
         schedule=None,
         **DAG_DEFAULTS,
         tags=["riverdelta", "backfill", name],
@@ -285,4 +286,4 @@ def backfill_dag(spec: StreamSpec) -> DAG:
 
 
 def backfill_dags() -> dict[str, DAG]:
-    return {f"backfill_{s.name}": backfill_dag(s) for s in load_registry().streams.values()}
+    return {dag_ids.backfill(s.name): backfill_dag(s) for s in load_registry().streams.values()}

@@ -143,6 +143,7 @@ def reconcile(stream: str) -> dict[str, Any]:
 
 def run(minutes: float, rate: float, maintain_every: int, out: Path) -> dict[str, Any]:
     from riverdelta.airflow import api as airflow_api
+    from riverdelta.airflow import dag_ids
     from riverdelta.bench import host
     from riverdelta.config.registry import load_registry
     from riverdelta.embedded import airflow_stack, kafka_broker
@@ -166,10 +167,11 @@ def run(minutes: float, rate: float, maintain_every: int, out: Path) -> dict[str
             airflow_stack.start()
             api = airflow_api.ApiClient()
             for name in streams:
-                api.wait_for_dag(f"stream_{name}")
-                run_id = api.trigger(f"stream_{name}", {"action": "deploy"})
-                if api.wait_for_run(f"stream_{name}", run_id) != "success":
-                    raise RuntimeError(f"soak: stream_{name} deploy failed")
+                dag_id = dag_ids.stream(name)
+                api.wait_for_dag(dag_id)
+                run_id = api.trigger(dag_id, {"action": "deploy"})
+                if api.wait_for_run(dag_id, run_id) != "success":
+                    raise RuntimeError(f"soak: {dag_id} deploy failed")
             start_producers(streams, count=int(rate * minutes * 60), rate=rate)
             deadline = time.monotonic() + minutes * 60
             while time.monotonic() < deadline:
