@@ -248,11 +248,20 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from riverdelta.launch.submit import add_ingest_arguments
-
     parser = argparse.ArgumentParser(prog="riverdelta", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    # One group after another: the order is the order `riverdelta --help` lists them in.
+    _add_setup_commands(sub)
+    _add_stream_commands(sub)
+    p = sub.add_parser("demo", help="run the whole product on the embedded stack")
+    p.set_defaults(func=_cmd_demo)
+    _add_quality_commands(sub)
+    _add_stack_commands(sub)
+    return parser
 
+
+def _add_setup_commands(sub: argparse._SubParsersAction) -> None:
+    """Jars and generated events: what a stream needs before it runs."""
     p = sub.add_parser("jars", help="manage the cached JVM jars")
     p.add_argument("action", choices=["fetch"])
     p.add_argument("--force", action="store_true", help="resolve again even if the cache verifies")
@@ -277,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_produce)
+
+
+def _add_stream_commands(sub: argparse._SubParsersAction) -> None:
+    """Running, inspecting, controlling and backfilling a stream."""
+    from riverdelta.launch.submit import add_ingest_arguments
 
     p = sub.add_parser("run", help="run a stream's ingest app in the foreground via spark-submit")
     p.add_argument("stream")
@@ -313,9 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to follow the run")
     p.set_defaults(func=_cmd_backfill)
 
-    p = sub.add_parser("demo", help="run the whole product on the embedded stack")
-    p.set_defaults(func=_cmd_demo)
 
+def _add_quality_commands(sub: argparse._SubParsersAction) -> None:
+    """Validation, suites and the tables analysts read."""
     p = sub.add_parser(
         "validate", help="validate a table with its GX suite and publish it if it passes"
     )
@@ -340,13 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_tables)
 
+
+def _add_stack_commands(sub: argparse._SubParsersAction) -> None:
+    """The embedded stack: start and stop it."""
     p = sub.add_parser("up", help="start the embedded Kafka broker and Airflow (idempotent)")
     p.add_argument("--kafka-only", action="store_true", help="start only the broker and topics")
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("down", help="stop everything `up` started, by pid")
     p.set_defaults(func=_cmd_down)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ pytestmark = pytest.mark.unit
 def test_every_stream_gets_one_gate_started_by_its_watcher_announcements_or_a_fallback():
     from airflow.sdk import AssetAny, AssetOrTimeSchedule, CronTriggerTimetable
 
+    from riverdelta.airflow import dag_ids
     from riverdelta.airflow.env import SPARK_POOL
     from riverdelta.airflow.quality_dags import fallback_cron, quality_dags, versions_asset
     from riverdelta.airflow.stream_dags import table_asset
@@ -19,9 +20,9 @@ def test_every_stream_gets_one_gate_started_by_its_watcher_announcements_or_a_fa
 
     streams = load_registry().streams
     dags = quality_dags()
-    assert sorted(dags) == sorted(f"quality_{s}" for s in streams)
+    assert sorted(dags) == sorted(dag_ids.quality(s) for s in streams)
     for name, spec in streams.items():
-        dag = dags[f"quality_{name}"]
+        dag = dags[dag_ids.quality(name)]
         timetable = dag.timetable
         assert isinstance(timetable, AssetOrTimeSchedule)
         condition = timetable.asset_condition

@@ -11,6 +11,7 @@ from typing import Any
 
 from airflow.sdk import DAG, CronTriggerTimetable, task
 
+from riverdelta.airflow import dag_ids
 from riverdelta.airflow.stream_dags import DAG_DEFAULTS
 from riverdelta.config.registry import StreamSpec, load_registry
 from riverdelta.ops.alerts import page
@@ -27,7 +28,7 @@ def _raise_on_errors(reports: list[dict[str, Any]]) -> None:
 def maintain_dag(spec: StreamSpec) -> DAG:
     m = spec.maintenance
     with DAG(
-        dag_id=f"maintain_{spec.name}",
+        dag_id=dag_ids.maintain(spec.name),
         schedule=CronTriggerTimetable(m.schedule, timezone="UTC"),
         **DAG_DEFAULTS,
         tags=["riverdelta", "maintenance", spec.name],
@@ -121,6 +122,6 @@ def maintain_ops_dag() -> DAG:
 
 
 def maintenance_dags() -> dict[str, DAG]:
-    dags = {f"maintain_{s.name}": maintain_dag(s) for s in load_registry().streams.values()}
+    dags = {dag_ids.maintain(s.name): maintain_dag(s) for s in load_registry().streams.values()}
     dags["maintain_ops"] = maintain_ops_dag()
     return dags

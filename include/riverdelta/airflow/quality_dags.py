@@ -36,6 +36,7 @@ from airflow.sdk import (
     task,
 )
 
+from riverdelta.airflow import dag_ids
 from riverdelta.airflow.env import SPARK_POOL
 from riverdelta.airflow.stream_dags import DAG_DEFAULTS, table_asset
 from riverdelta.config.registry import StreamSpec, load_registry
@@ -191,7 +192,7 @@ def _params(names: list[str]) -> dict[str, Param]:
 def _quality_dag(spec: StreamSpec) -> DAG:
     stream = spec.name
     with DAG(
-        dag_id=f"quality_{stream}",
+        dag_id=dag_ids.quality(stream),
         schedule=quality_schedule(spec),
         **DAG_DEFAULTS,
         tags=["riverdelta", "quality", stream],
@@ -248,4 +249,4 @@ def _quality_dag(spec: StreamSpec) -> DAG:
 
 
 def quality_dags() -> dict[str, DAG]:
-    return {f"quality_{s.name}": _quality_dag(s) for s in load_registry().streams.values()}
+    return {dag_ids.quality(s.name): _quality_dag(s) for s in load_registry().streams.values()}

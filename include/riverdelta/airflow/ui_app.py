@@ -29,6 +29,7 @@ from fastapi.responses import (
 )
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from riverdelta.airflow import dag_ids
 from riverdelta.errors import RiverdeltaError
 
 PREFIX = "/riverdelta"
@@ -260,7 +261,7 @@ def _tables_table(tables: list[dict[str, Any]]) -> str:
             if last and not last["success"]
             else '<span class="muted">-</span>'
         )
-        gate = _dag(f"quality_{t['stream']}") if t.get("stream") else "-"
+        gate = _dag(dag_ids.quality(t["stream"])) if t.get("stream") else "-"
         rows.append(
             f'<tr data-table="{_e(t["table"])}" data-latest="{_e(t["latest_version"])}" '
             f'data-validated="{_e(t["validated_version"])}" data-rows="{_e(t["rows_latest"])}">'

@@ -172,7 +172,8 @@ def replay(
 
 def run(records: int, out_root: Path, order: list[str]) -> dict[str, Any]:
     from riverdelta.airflow.env import ensure_airflow_env
-    from riverdelta.bench.run import isolated_home, machine, produce_dataset
+    from riverdelta.bench.host import isolated_home, machine
+    from riverdelta.bench.measure import produce_dataset
     from riverdelta.config.registry import load_registry
     from riverdelta.embedded import kafka_broker, spark_cluster
 

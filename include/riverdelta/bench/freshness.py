@@ -147,6 +147,7 @@ def validated_freshness(
 ) -> dict[str, Any]:
     """Deploy the bench stream through Airflow, feed it at ``rate``, measure freshness."""
     from riverdelta.airflow import api as airflow_api
+    from riverdelta.airflow import dag_ids
     from riverdelta.config.registry import load_registry
     from riverdelta.config.settings import settings
     from riverdelta.embedded import airflow_stack
@@ -167,11 +168,11 @@ def validated_freshness(
     started = {"airflow_seconds": round(time.monotonic() - t, 1)}
     api = airflow_api.ApiClient()
     try:
-        api.wait_for_dag(f"stream_{STREAM}")
-        api.wait_for_dag(f"quality_{STREAM}")
-        run_id = api.trigger(f"stream_{STREAM}", {"action": "deploy"})
-        if api.wait_for_run(f"stream_{STREAM}", run_id) != "success":
-            raise RuntimeError(f"validated freshness: stream_{STREAM} deploy failed")
+        api.wait_for_dag(dag_ids.stream(STREAM))
+        api.wait_for_dag(dag_ids.quality(STREAM))
+        run_id = api.trigger(dag_ids.stream(STREAM), {"action": "deploy"})
+        if api.wait_for_run(dag_ids.stream(STREAM), run_id) != "success":
+            raise RuntimeError(f"validated freshness: {dag_ids.stream(STREAM)} deploy failed")
         from riverdelta.ops.status import stream_status
 
         _wait("first batch", lambda: stream_status(STREAM)["last_batch_id"] is not None, 300)
@@ -180,9 +181,9 @@ def validated_freshness(
         t = time.monotonic()
         _wait("silver validated up to its latest version", lambda: _caught_up(silver), timeout)
         drain = time.monotonic() - t
-        run_id = api.trigger(f"stream_{STREAM}", {"action": "stop"})
-        api.wait_for_run(f"stream_{STREAM}", run_id)
-        runs = api.call("GET", f"/dags/quality_{STREAM}/dagRuns?limit=100")
+        run_id = api.trigger(dag_ids.stream(STREAM), {"action": "stop"})
+        api.wait_for_run(dag_ids.stream(STREAM), run_id)
+        runs = api.call("GET", f"/dags/{dag_ids.quality(STREAM)}/dagRuns?limit=100")
     finally:
         from riverdelta.ops import control
 

@@ -143,7 +143,8 @@ def reconcile(stream: str) -> dict[str, Any]:
 
 def run(minutes: float, rate: float, maintain_every: int, out: Path) -> dict[str, Any]:
     from riverdelta.airflow import api as airflow_api
-    from riverdelta.bench import run as bench
+    from riverdelta.airflow import dag_ids
+    from riverdelta.bench import host
     from riverdelta.config.registry import load_registry
     from riverdelta.embedded import airflow_stack, kafka_broker
     from riverdelta.embedded.demo import start_producers
@@ -151,7 +152,7 @@ def run(minutes: float, rate: float, maintain_every: int, out: Path) -> dict[str
     from riverdelta.ops import control
 
     home = out / "home"
-    with bench.isolated_home(home):
+    with host.isolated_home(home):
         import os
 
         os.environ["RIVERDELTA_STREAMS"] = str(_registry(out, maintain_every))
@@ -166,10 +167,11 @@ def run(minutes: float, rate: float, maintain_every: int, out: Path) -> dict[str
             airflow_stack.start()
             api = airflow_api.ApiClient()
             for name in streams:
-                api.wait_for_dag(f"stream_{name}")
-                run_id = api.trigger(f"stream_{name}", {"action": "deploy"})
-                if api.wait_for_run(f"stream_{name}", run_id) != "success":
-                    raise RuntimeError(f"soak: stream_{name} deploy failed")
+                dag_id = dag_ids.stream(name)
+                api.wait_for_dag(dag_id)
+                run_id = api.trigger(dag_id, {"action": "deploy"})
+                if api.wait_for_run(dag_id, run_id) != "success":
+                    raise RuntimeError(f"soak: {dag_id} deploy failed")
             start_producers(streams, count=int(rate * minutes * 60), rate=rate)
             deadline = time.monotonic() + minutes * 60
             while time.monotonic() < deadline:
@@ -191,7 +193,7 @@ def run(minutes: float, rate: float, maintain_every: int, out: Path) -> dict[str
         "minutes": minutes,
         "rate_per_stream": rate,
         "maintain_every_minutes": maintain_every,
-        "machine": bench.machine(),
+        "machine": host.machine(),
         "samples": samples,
         "reconciliation": final,
     }

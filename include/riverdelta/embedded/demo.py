@@ -22,6 +22,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from riverdelta.airflow import dag_ids
+
 PRODUCE_COUNT = int(os.environ.get("RIVERDELTA_DEMO_EVENTS", "12000"))
 PRODUCE_RATE = float(os.environ.get("RIVERDELTA_DEMO_RATE", "400"))
 TRICKLE_RATE = float(os.environ.get("RIVERDELTA_DEMO_TRICKLE_RATE", "5"))
@@ -87,7 +89,7 @@ def wait_validated(
     their watchers (Airflow's triggerer) see each new Delta version within seconds."""
     from riverdelta.quality.publications import publications
 
-    gates = ", ".join(f"quality_{n}" for n in streams)
+    gates = ", ".join(dag_ids.quality(n) for n in streams)
     say(f"the quality gates ({gates}) validate each new table version as it lands")
     deadline = time.monotonic() + timeout
     reported: set[str] = set()
@@ -116,7 +118,9 @@ def run_backfill(stream: str) -> dict[str, Any]:
     say(f"rebuild backfill of {stream} from the earliest offsets, through Airflow")
     rc = follow_backfill(stream, {"mode": "rebuild"}, timeout=900, out=lambda m: say(m.strip()))
     if rc != 0:
-        raise RuntimeError(f"the rebuild backfill of {stream} failed: see backfill_{stream}")
+        raise RuntimeError(
+            f"the rebuild backfill of {stream} failed: see {dag_ids.backfill(stream)}"
+        )
     return ops.history(stream, "backfill")[-1]
 
 
@@ -208,7 +212,7 @@ def main() -> int:
 
     api = airflow_api.ApiClient()
     for name in streams:
-        dag_id = f"stream_{name}"
+        dag_id = dag_ids.stream(name)
         api.wait_for_dag(dag_id)
         run_id = api.trigger(dag_id, {"action": "deploy"})
         say(f"triggered {dag_id} action=deploy (run {run_id}); the scheduler runs it")

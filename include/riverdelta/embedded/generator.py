@@ -25,7 +25,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
@@ -319,6 +319,70 @@ class _Progress:
         sys.stderr.flush()
 
 
+def _kafka_producer(bootstrap: str) -> Any:
+    from riverdelta.kafka import client as kafka_client
+
+    return kafka_client.producer(
+        bootstrap,
+        **{
+            # The Java client's partitioner: the same key lands where Spark/Java producers put it.
+            "partitioner": "murmur2_random",
+            # Broker-side dedup of retries: the reconciliation counts every record exactly once.
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 20,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+        },
+    )
+
+
+def _send(
+    producer: Any,
+    topic: str,
+    events: Iterator[Event],
+    rate: float | None,
+    start: float,
+    bar: _Progress,
+    on_delivery: Callable[[Any, Any], None],
+) -> Counter[str]:
+    """Queue every event (paced at ``rate`` from ``start`` if given); counts by kind."""
+    by_kind: Counter[str] = Counter()
+    for sent, event in enumerate(events):
+        if rate:
+            ahead = start + sent / rate - time.monotonic()
+            if ahead > 0.001:
+                time.sleep(ahead)
+        while True:
+            try:
+                producer.produce(topic, event.value, event.key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.1)  # local queue full: let deliveries drain
+        by_kind[event.kind] += 1
+        if sent % 1000 == 0:
+            producer.poll(0)
+            bar.update(sent)
+    return by_kind
+
+
+def _flush(producer: Any, topic: str, errors: list[str], bar: _Progress, count: int) -> None:
+    """Wait for every delivery; raise if any record is undelivered or failed."""
+    from confluent_kafka import KafkaException
+
+    try:
+        remaining = producer.flush(120)
+    except KafkaException as exc:
+        raise RuntimeError(f"produce to {topic}: {exc}") from exc
+    bar.update(count, final=True)
+    if remaining:
+        raise RuntimeError(f"produce to {topic}: {remaining} records still undelivered")
+    if errors:
+        raise RuntimeError(
+            f"produce to {topic}: {len(errors)} records failed delivery, first: {errors[0]}"
+        )
+
+
 def produce(
     stream: StreamSpec,
     count: int,
@@ -332,23 +396,7 @@ def produce(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Send ``count`` generated events to the stream's topic; raise if any is not delivered."""
-    from confluent_kafka import KafkaException
-
-    from riverdelta.kafka import client as kafka_client
-
-    producer = kafka_client.producer(
-        bootstrap,
-        **{
-            # The Java client's partitioner: the same key lands where Spark/Java producers put it.
-            "partitioner": "murmur2_random",
-            # Broker-side dedup of retries: the reconciliation counts every record exactly once.
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 20,
-            "queue.buffering.max.messages": 1_000_000,
-            "queue.buffering.max.kbytes": 1_048_576,
-        },
-    )
+    producer = _kafka_producer(bootstrap)
     errors: list[str] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:
@@ -363,35 +411,10 @@ def produce(
         duplicate_rate=duplicate_rate,
         late_rate=late_rate,
     )
-    by_kind: Counter[str] = Counter()
     bar = _Progress(count, progress)
     start = time.monotonic()
-    for sent, event in enumerate(events):
-        if rate:
-            ahead = start + sent / rate - time.monotonic()
-            if ahead > 0.001:
-                time.sleep(ahead)
-        while True:
-            try:
-                producer.produce(stream.topic, event.value, event.key, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.1)  # local queue full: let deliveries drain
-        by_kind[event.kind] += 1
-        if sent % 1000 == 0:
-            producer.poll(0)
-            bar.update(sent)
-    try:
-        remaining = producer.flush(120)
-    except KafkaException as exc:
-        raise RuntimeError(f"produce to {stream.topic}: {exc}") from exc
-    bar.update(count, final=True)
-    if remaining:
-        raise RuntimeError(f"produce to {stream.topic}: {remaining} records still undelivered")
-    if errors:
-        raise RuntimeError(
-            f"produce to {stream.topic}: {len(errors)} records failed delivery, first: {errors[0]}"
-        )
+    by_kind = _send(producer, stream.topic, events, rate, start, bar, on_delivery)
+    _flush(producer, stream.topic, errors, bar, count)
     seconds = time.monotonic() - start
     total = sum(by_kind.values())
     return {

@@ -137,6 +137,38 @@ def wait_for_workers(cluster: Cluster, count: int, timeout: float = 120.0) -> No
     )
 
 
+def _start_worker(
+    cluster: Cluster, index: int, ui: int, binary: str, cores: int, memory: str, env: dict[str, str]
+) -> Worker:
+    """Worker ``index`` of ``cluster``, detached, with its own work dir and log."""
+    s = settings()
+    name = worker_name(index)
+    work_dir = s.home / "spark" / name
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log = s.log_dir / f"{name}.log"
+    info = procs.start_detached(
+        name,
+        [
+            binary,
+            "org.apache.spark.deploy.worker.Worker",
+            "--host",
+            cluster.host,
+            "--cores",
+            str(cores),
+            "--memory",
+            memory,
+            "--webui-port",
+            str(ui),
+            "--work-dir",
+            str(work_dir),
+            cluster.master_url,
+        ],
+        log=log,
+        env=env,
+    )
+    return Worker(index, name, info.pid, ui, work_dir, log)
+
+
 def start(
     workers: int = 2,
     *,
@@ -179,31 +211,7 @@ def start(
     started: list[Worker] = []
     try:
         for index, ui in enumerate(ports, start=1):
-            name = worker_name(index)
-            work_dir = s.home / "spark" / name
-            work_dir.mkdir(parents=True, exist_ok=True)
-            log = s.log_dir / f"{name}.log"
-            info = procs.start_detached(
-                name,
-                [
-                    binary,
-                    "org.apache.spark.deploy.worker.Worker",
-                    "--host",
-                    host,
-                    "--cores",
-                    str(cores),
-                    "--memory",
-                    memory,
-                    "--webui-port",
-                    str(ui),
-                    "--work-dir",
-                    str(work_dir),
-                    cluster.master_url,
-                ],
-                log=log,
-                env=env,
-            )
-            started.append(Worker(index, name, info.pid, ui, work_dir, log))
+            started.append(_start_worker(cluster, index, ui, binary, cores, memory, env))
         cluster = Cluster(host, port, webui_port, master_log, started)
         wait_for_workers(cluster, workers, timeout)
     except BaseException:

@@ -15,6 +15,8 @@ import subprocess
 from datetime import UTC, datetime
 from typing import Any
 
+from riverdelta.airflow import dag_ids
+
 log = logging.getLogger("riverdelta.ops.alerts")
 
 
@@ -48,7 +50,7 @@ def send(alert: dict[str, Any], stream: str = "") -> None:
 
 
 def _stream_of(dag_id: str | None) -> str:
-    for prefix in ("stream_", "backfill_", "quality_"):
+    for prefix in (dag_ids.STREAM_PREFIX, dag_ids.BACKFILL_PREFIX, dag_ids.QUALITY_PREFIX):
         if dag_id and dag_id.startswith(prefix):
             return dag_id.removeprefix(prefix)
     return ""
