@@ -64,7 +64,7 @@ def ingest_live_in_process(spark, stream: str) -> None:
 
 def table_versions(stream: str) -> dict[str, int | None]:
     from riverdelta.config.registry import load_registry
-    from riverdelta.quality.gate import latest_version
+    from riverdelta.quality.tables import latest_version
     from riverdelta.storage.lake import TableSet
 
     spec = load_registry().get(stream)
