@@ -39,7 +39,7 @@ demo: setup ## the main job on the embedded stack (README's first command)
 	@$(RD) demo
 
 test: setup-test lint ## lint, unit and integration tests (README's second command; CI runs this)
-	@bash scripts/run_tests.sh -m "not slow" $(PYTEST_ARGS)
+	@bash scripts/run_tests.sh -m "not slow" --durations=25 $(PYTEST_ARGS)
 
 test-unit: setup-test ## unit tests only
 	@bash scripts/run_tests.sh -m unit $(PYTEST_ARGS)
