@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from riverdelta.config.registry import (
+    AggregateFn,
     ContractError,
     HealthPolicy,
     RestartPolicy,
@@ -317,3 +318,23 @@ def test_a_pattern_matching_another_streams_topic_is_refused():
         ContractError, match=r"matches topic 'rd.page_views', already used by stream"
     ):
         parse_registry(_with_source(topic_pattern=r"rd\..*"))
+
+
+def test_policies_are_typed_and_still_read_by_key():
+    """ops.control and airflow.stream_dags read the policies as ``policy["key"]``."""
+    tx = load_registry(SHIPPED_STREAMS).get("transactions")
+    assert tx.health["max_lag_seconds"] == tx.health.max_lag_seconds == 120
+    assert "window_seconds" in tx.restart and tx.restart["window_seconds"] == 900.0
+    assert [a.fn for a in tx.gold[0].aggregates] == [AggregateFn.SUM, AggregateFn.COUNT]
+    assert tx.field_spec("user_id").gen.prefix == "user-"
+
+
+def test_replace_revalidates_the_spec():
+    import dataclasses
+
+    from pydantic import ValidationError
+
+    tx = load_registry(SHIPPED_STREAMS).get("transactions")
+    assert dataclasses.replace(tx, gold=()).gold == ()
+    with pytest.raises(ValidationError, match="not a contract field"):
+        dataclasses.replace(tx, key="nope")
