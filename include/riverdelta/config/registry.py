@@ -259,7 +259,7 @@ Flag = Annotated[bool, Strict(), _expect("true or false")]
 Name = Annotated[str, Strict(), MinLen(1), _expect("a non-empty string")]
 Names = Annotated[tuple[StrictStr, ...], _expect("a list of field names")]
 SinkKey = Annotated[tuple[StrictStr, ...], _expect("a list of group_by columns")]
-Allowed = Annotated[tuple[StrictStr | StrictInt, ...], MinLen(1), _expect("a non-empty list")]
+Allowed = Annotated[tuple[Any, ...], MinLen(1), _expect("a non-empty list")]
 Columns = Annotated[tuple[StrictStr, ...], MinLen(1), _expect("a non-empty list of columns")]
 
 
@@ -383,7 +383,7 @@ class FieldSpec(_Spec):
             raise ValueError(f"'allowed' applies to {', '.join(ALLOWED_LIST_TYPES)} only")
         want = str if ftype == "string" else int
         for v in value:
-            if not isinstance(v, want):
+            if isinstance(v, bool) or not isinstance(v, want):
                 raise ValueError(f"allowed value {v!r} is not a {ftype}")
             if minimum is not None and v < minimum:
                 raise ValueError(f"allowed value {v!r} is below min {minimum}")
@@ -773,11 +773,15 @@ def _shape(name: str, raw: dict) -> dict[str, Any]:
     if not isinstance(contract, dict) or not isinstance(contract.get("fields"), list):
         raise _Problem("'contract' must be a mapping with a 'fields' list")
     shaped["fields"] = contract["fields"]
+    # An empty `gold:` or `restart:` (YAML null) means none, as an absent one does.
+    shaped = {k: v for k, v in shaped.items() if v is not None or k not in ("gold", "restart")}
     maintenance = raw.get("maintenance") or {}
     if isinstance(maintenance, dict):
         # Default: nightly at a minute of the stream's own, not every stream at once.
         crc = zlib.crc32(name.encode()) % 60
         shaped["maintenance"] = {"schedule": f"{crc} 3 * * *", **maintenance}
+        if maintenance.get("zorder", {}) is None:
+            del shaped["maintenance"]["zorder"]
     if isinstance(raw.get("gold"), list):
         shaped["gold"] = [_sink_defaults(g, raw.get("partitions", 3)) for g in raw["gold"]]
     return shaped
@@ -785,6 +789,8 @@ def _shape(name: str, raw: dict) -> dict[str, Any]:
 
 def _sink_defaults(gold: Any, partitions: Any) -> Any:
     """A sink's key defaults to all of group_by and its partitions to the stream's."""
+    if isinstance(gold, dict) and gold.get("group_by", ()) is None:
+        gold = {k: v for k, v in gold.items() if k != "group_by"}  # `group_by:` is none
     if not isinstance(gold, dict) or not isinstance(gold.get("kafka_sink"), dict):
         return gold
     defaults = {"topic": None, "key": gold.get("group_by") or [], "partitions": partitions}
