@@ -10,7 +10,10 @@ import pytest
 import yaml
 
 from riverdelta.config.registry import (
+    AggregateFn,
     ContractError,
+    HealthPolicy,
+    RestartPolicy,
     UnknownStreamError,
     load_registry,
     parse_duration,
@@ -38,8 +41,9 @@ def test_shipped_registry_parses_with_defaults_merged():
         "1 day",
     )
     assert (tx.gold_trigger, tx.max_offsets_per_trigger) == ("5 seconds", 100_000)
-    assert tx.health == {"max_lag_seconds": 120, "max_batch_age_seconds": 300}
-    assert tx.restart == {}
+    assert tx.health == HealthPolicy(max_lag_seconds=120, max_batch_age_seconds=300)
+    assert dict(tx.health) == {"max_lag_seconds": 120, "max_batch_age_seconds": 300}
+    assert tx.restart == RestartPolicy()  # the defaults: 3 restarts in 900 s, backoff 15 s
     amount = tx.field_spec("amount")
     assert (amount.type, amount.min, amount.precision_scale) == (
         "decimal(18,2)",
@@ -175,7 +179,10 @@ BAD_CONTRACTS = [
         lambda s: s.update(health={"max_lag_seconds": "fast"}),
         ["health.max_lag_seconds must be a non-negative number"],
     ),
-    (lambda s: s.update(restart={"max_restart": 2}), ["restart: unknown key 'max_restart'"]),
+    (
+        lambda s: s.update(restart={"max_restart": 2}),
+        ["restart: unknown keys ['max_restart']; expected some of ['backoff_seconds'"],
+    ),
     (
         lambda s: s["gold"][0]["aggregates"].append(
             {"name": "p99", "fn": "percentile", "column": "amount"}
@@ -217,7 +224,10 @@ BAD_CONTRACTS = [
         ["'user_id'", "declared more than once"],
     ),
     (lambda s: _fields(s)["merchant"].update(typ="string"), ["'merchant'", "unknown keys ['typ']"]),
-    (lambda s: _fields(s)["merchant"].update(gen={"kind": "lorem"}), ["'merchant'", "gen must be"]),
+    (
+        lambda s: _fields(s)["merchant"].update(gen={"kind": "lorem"}),
+        ["'merchant'", "unknown gen.kind 'lorem'; expected one of 'choice'"],
+    ),
 ]
 
 
@@ -245,8 +255,8 @@ def test_dict_defaults_merge_key_by_key(shipped):
     data["streams"]["transactions"]["health"] = {"max_lag_seconds": 30}
     data["streams"]["transactions"]["restart"] = {"max_restarts": 5}
     tx = parse_registry(data).get("transactions")
-    assert tx.health == {"max_lag_seconds": 30, "max_batch_age_seconds": 300}
-    assert tx.restart == {"max_restarts": 5, "window_seconds": 600}
+    assert tx.health == HealthPolicy(max_lag_seconds=30, max_batch_age_seconds=300)
+    assert tx.restart == RestartPolicy(max_restarts=5, window_seconds=600)
 
 
 def test_file_problems_are_contract_errors(tmp_path):
@@ -308,3 +318,23 @@ def test_a_pattern_matching_another_streams_topic_is_refused():
         ContractError, match=r"matches topic 'rd.page_views', already used by stream"
     ):
         parse_registry(_with_source(topic_pattern=r"rd\..*"))
+
+
+def test_policies_are_typed_and_still_read_by_key():
+    """ops.control and airflow.stream_dags read the policies as ``policy["key"]``."""
+    tx = load_registry(SHIPPED_STREAMS).get("transactions")
+    assert tx.health["max_lag_seconds"] == tx.health.max_lag_seconds == 120
+    assert "window_seconds" in tx.restart and tx.restart["window_seconds"] == 900.0
+    assert [a.fn for a in tx.gold[0].aggregates] == [AggregateFn.SUM, AggregateFn.COUNT]
+    assert tx.field_spec("user_id").gen.prefix == "user-"
+
+
+def test_replace_revalidates_the_spec():
+    import dataclasses
+
+    from pydantic import ValidationError
+
+    tx = load_registry(SHIPPED_STREAMS).get("transactions")
+    assert dataclasses.replace(tx, gold=()).gold == ()
+    with pytest.raises(ValidationError, match="not a contract field"):
+        dataclasses.replace(tx, key="nope")

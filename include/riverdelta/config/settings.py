@@ -8,79 +8,79 @@ value can still be overridden by its own ``RIVERDELTA_*`` variable. Every other
 module asks ``settings()`` rather than reading environment variables itself,
 and Airflow's connections (``kafka_default``, ``spark_default``) are derived
 from the same values in ``airflow_env.airflow_env``.
+
+``load_settings`` is the one place the variables are read: it hands them, as a
+dict, to the ``Settings`` pydantic model (field ``x`` is ``RIVERDELTA_X``), whose
+validators fill the defaults that follow from other values; a bad value is one
+``ConfigError`` line naming the variable.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from riverdelta.errors import RiverdeltaError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
-
-ENVIRONMENTS = ("embedded", "compose")
-VALIDATION_ENGINES = ("auto", "pandas", "spark")
 
 
 class ConfigError(RiverdeltaError, ValueError):
     """A configuration problem the operator must fix; the message says how."""
 
 
+class Environment(StrEnum):
+    EMBEDDED = "embedded"
+    COMPOSE = "compose"
+
+
+class ValidationEngine(StrEnum):
+    """The quality gate's engine: auto = pandas up to the row bound, Spark above it."""
+
+    AUTO = "auto"
+    PANDAS = "pandas"
+    SPARK = "spark"
+
+
+class KafkaProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_SSL = "SASL_SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        """Written in lower case in the environment (``sasl_ssl``), as Kafka docs do."""
+        return cls.__members__.get(value.upper()) if isinstance(value, str) else None
+
+
+class SaslMechanism(StrEnum):
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+    PLAIN = "PLAIN"
+
+
+ENVIRONMENTS = tuple(e.value for e in Environment)
+VALIDATION_ENGINES = tuple(e.value for e in ValidationEngine)
+KAFKA_PROTOCOLS = tuple(p.value for p in KafkaProtocol)
+KAFKA_SASL_MECHANISMS = tuple(m.value for m in SaslMechanism)
+
 # The registry shipped with the project; RIVERDELTA_STREAMS points elsewhere.
 SHIPPED_STREAMS = PROJECT_ROOT / "include" / "streams.yaml"
-
-
-@dataclass(frozen=True)
-class Settings:
-    env: str
-    home: Path  # runtime state: broker data, Airflow home, lake, logs, pids
-    cache: Path  # downloaded jars and Maven repository, reused offline
-    kafka_bootstrap: str
-    kafka_port: int
-    kafka_controller_port: int
-    spark_master: str
-    lake: str  # storage root of Delta tables, checkpoints and _ops (path, file://, s3a://, hdfs://)
-    control: Path  # POSIX directory for locks and pointers (see lake.py)
-    airflow_port: int
-    streams_file: Path
-    kafka_replication_factor: int = 1
-    kafka_min_insync_replicas: int = 1
-    s3_endpoint: str | None = None  # S3-compatible endpoint (MinIO); None = AWS
-    airflow_url: str = "http://localhost:8080"
-    # The quality gate's engine: auto = pandas up to the row bound, Spark above it.
-    validation_engine: str = "auto"
-    validation_pandas_max_rows: int = 250_000
-    # How every Kafka client connects (see kafka_client.py). The password itself is
-    # never held here: it is read from RIVERDELTA_KAFKA_SASL_PASSWORD or the 0600 file
-    # when a client is built, so printing settings cannot leak it.
-    kafka_security_protocol: str = "PLAINTEXT"
-    kafka_sasl_mechanism: str | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password_file: Path | None = None
-    kafka_ssl_ca: Path | None = None  # PEM CA bundle: both Java and librdkafka read it
-    kafka_ssl_keystore: Path | None = None  # PEM: client key + certificate chain (mTLS)
-    kafka_internal_port: int = 0  # embedded secured broker: inter-broker loopback listener
-    kafka_tls_port: int = 0  # embedded secured broker: the extra mTLS listener
-
-    @property
-    def run_dir(self) -> Path:
-        return self.home / "run"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.home / "logs"
-
-    @property
-    def airflow_home(self) -> Path:
-        return self.home / "airflow"
-
-    @property
-    def jar_dir(self) -> Path:
-        return self.cache / "jars"
-
 
 # What each profile means when nothing overrides it. The compose values are the
 # service names and ports of docker-compose.yml (tests/unit/test_compose.py
@@ -107,14 +107,127 @@ PROFILES: dict[str, dict[str, str]] = {
 }
 
 
-def _int(name: str, default: int | str) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        raw = str(default)
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from exc
+# Paths as today: resolved against the working directory; the Kafka files also expand "~".
+Resolved = Annotated[Path, AfterValidator(Path.resolve)]
+UserPath = Annotated[Path, AfterValidator(lambda p: p.expanduser().resolve())]
+# A value whose default follows from the fields before it (validated in field order).
+Derived = Field(default=None, validate_default=True)
+_VAR = "RIVERDELTA_"
+
+
+class Settings(BaseModel):
+    """The environment's settings: every field is the variable ``RIVERDELTA_<FIELD>``.
+
+    Fields are in dependency order: a default computed from other fields (the
+    profile's, the ports after ``kafka_port``) only sees the fields above it.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=lambda name: _VAR + name.upper()
+    )
+
+    env: Environment = Environment.EMBEDDED
+    home: Resolved = PROJECT_ROOT / ".riverdelta"  # runtime state: broker data, Airflow, logs
+    cache: Resolved = Derived  # downloaded jars and Maven repository, reused offline
+    streams_file: Resolved = Field(SHIPPED_STREAMS, alias=_VAR + "STREAMS")
+    kafka_port: int = 9092
+    kafka_controller_port: int = Derived
+    kafka_internal_port: int = Derived  # embedded secured broker: inter-broker loopback
+    kafka_tls_port: int = Derived  # embedded secured broker: the extra mTLS listener
+    airflow_port: int = 8080
+    # The profile's values (PROFILES), each overridable by its own variable.
+    kafka_bootstrap: str = Derived
+    spark_master: str = Derived
+    # The storage root of Delta tables, checkpoints and _ops (path, file://, s3a://, hdfs://).
+    lake: str = Derived
+    kafka_replication_factor: int = Derived
+    kafka_min_insync_replicas: int = Derived
+    s3_endpoint: str | None = Derived  # S3-compatible endpoint (MinIO); None = AWS
+    airflow_url: str = Derived
+    control: Resolved = Derived  # POSIX directory for locks and pointers (see lake.py)
+    validation_engine: ValidationEngine = ValidationEngine.AUTO
+    validation_pandas_max_rows: int = 250_000
+    # How every Kafka client connects (see kafka/client.py). The password itself is
+    # never held here: it is read from RIVERDELTA_KAFKA_SASL_PASSWORD or the 0600 file
+    # when a client is built, so printing settings cannot leak it.
+    kafka_security_protocol: KafkaProtocol = Field(
+        KafkaProtocol.PLAINTEXT, alias=_VAR + "KAFKA_SECURITY"
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Derived
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password_file: UserPath | None = None
+    kafka_ssl_ca: UserPath | None = None  # PEM CA bundle: both Java and librdkafka read it
+    kafka_ssl_keystore: UserPath | None = None  # PEM: client key + certificate chain (mTLS)
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None or "home" not in info.data:
+            return value
+        return info.data["home"] / "cache"
+
+    @field_validator(
+        "kafka_controller_port", "kafka_internal_port", "kafka_tls_port", mode="before"
+    )
+    @classmethod
+    def _next_ports(cls, value: Any, info: ValidationInfo) -> Any:
+        offset = {"kafka_controller_port": 1, "kafka_internal_port": 2, "kafka_tls_port": 3}
+        if value is not None or "kafka_port" not in info.data:
+            return value
+        return info.data["kafka_port"] + offset[info.field_name]
+
+    @field_validator(*PROFILES["embedded"], mode="before")
+    @classmethod
+    def _profile(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            return value
+        try:
+            default = PROFILES[info.data["env"]][info.field_name].format(**info.data)
+        except KeyError:  # a field it needs failed: that error is the one reported
+            return value
+        return default or None  # the embedded profile has no S3 endpoint
+
+    @field_validator("control", mode="before")
+    @classmethod
+    def _control(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None or not {"lake", "home"} <= set(info.data):
+            return value
+        return _default_control(info.data["lake"], info.data["home"])
+
+    @field_validator("kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _mechanism(cls, value: Any, info: ValidationInfo) -> Any:
+        """Only SASL has a mechanism; SCRAM-SHA-512 unless told otherwise."""
+        protocol = info.data.get("kafka_security_protocol")
+        if protocol is None or not protocol.startswith("SASL_"):
+            return None
+        return value.upper() if isinstance(value, str) else SaslMechanism.SCRAM_SHA_512
+
+    @model_validator(mode="after")
+    def _replicas(self) -> Settings:
+        if not 1 <= self.kafka_min_insync_replicas <= self.kafka_replication_factor:
+            raise ValueError(
+                f"min.insync.replicas={self.kafka_min_insync_replicas} must be between 1 and "
+                f"the replication factor {self.kafka_replication_factor} "
+                "(RIVERDELTA_KAFKA_MIN_INSYNC_REPLICAS)"
+            )
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def jar_dir(self) -> Path:
+        return self.cache / "jars"
 
 
 def _default_control(lake: str, home: Path) -> str:
@@ -128,96 +241,42 @@ def _default_control(lake: str, home: Path) -> str:
     return str(home / "control")
 
 
-def load_settings() -> Settings:
-    env = os.environ.get("RIVERDELTA_ENV", "embedded")
-    if env not in PROFILES:
-        raise ConfigError(f"RIVERDELTA_ENV={env!r}: expected one of {', '.join(ENVIRONMENTS)}")
-    home = Path(os.environ.get("RIVERDELTA_HOME", PROJECT_ROOT / ".riverdelta")).resolve()
-    cache = Path(os.environ.get("RIVERDELTA_CACHE", home / "cache")).resolve()
-    kafka_port = _int("RIVERDELTA_KAFKA_PORT", 9092)
-    airflow_port = _int("RIVERDELTA_AIRFLOW_PORT", 8080)
-    fill = {"home": home, "kafka_port": kafka_port, "airflow_port": airflow_port}
-
-    def value(key: str) -> str:
-        raw = os.environ.get(f"RIVERDELTA_{key.upper()}")
-        return raw if raw not in (None, "") else PROFILES[env][key].format(**fill)
-
-    streams = Path(os.environ.get("RIVERDELTA_STREAMS", SHIPPED_STREAMS)).resolve()
-    replication = _int("RIVERDELTA_KAFKA_REPLICATION_FACTOR", value("kafka_replication_factor"))
-    min_isr = _int("RIVERDELTA_KAFKA_MIN_INSYNC_REPLICAS", value("kafka_min_insync_replicas"))
-    if not 1 <= min_isr <= replication:
-        raise ConfigError(
-            f"min.insync.replicas={min_isr} must be between 1 and the replication factor "
-            f"{replication} (RIVERDELTA_KAFKA_MIN_INSYNC_REPLICAS)"
-        )
-    engine = os.environ.get("RIVERDELTA_VALIDATION_ENGINE") or "auto"
-    if engine not in VALIDATION_ENGINES:
-        raise ConfigError(
-            f"RIVERDELTA_VALIDATION_ENGINE={engine!r}: expected one of "
-            f"{', '.join(VALIDATION_ENGINES)} (auto chooses by size)"
-        )
-    security = _kafka_security()
-    lake = value("lake")
-    control = os.environ.get("RIVERDELTA_CONTROL") or _default_control(lake, home)
-    return Settings(
-        env=env,
-        home=home,
-        cache=cache,
-        kafka_bootstrap=value("kafka_bootstrap"),
-        kafka_port=kafka_port,
-        kafka_controller_port=_int("RIVERDELTA_KAFKA_CONTROLLER_PORT", kafka_port + 1),
-        spark_master=value("spark_master"),
-        lake=lake,
-        control=Path(control).resolve(),
-        airflow_port=airflow_port,
-        streams_file=streams,
-        kafka_replication_factor=replication,
-        kafka_min_insync_replicas=min_isr,
-        s3_endpoint=value("s3_endpoint") or None,
-        airflow_url=value("airflow_url"),
-        validation_engine=engine,
-        validation_pandas_max_rows=_int("RIVERDELTA_VALIDATION_PANDAS_MAX_ROWS", 250_000),
-        kafka_internal_port=_int("RIVERDELTA_KAFKA_INTERNAL_PORT", kafka_port + 2),
-        kafka_tls_port=_int("RIVERDELTA_KAFKA_TLS_PORT", kafka_port + 3),
-        **security,
-    )
+# What a bad choice says after ``RIVERDELTA_X='value'``.
+_CHOICES = {
+    "RIVERDELTA_ENV": ": expected one of " + ", ".join(ENVIRONMENTS),
+    "RIVERDELTA_VALIDATION_ENGINE": (
+        ": expected one of " + ", ".join(VALIDATION_ENGINES) + " (auto chooses by size)"
+    ),
+    "RIVERDELTA_KAFKA_SECURITY": ": expected one of " + ", ".join(KAFKA_PROTOCOLS).lower(),
+    "RIVERDELTA_KAFKA_SASL_MECHANISM": (
+        " is not supported: expected one of " + ", ".join(KAFKA_SASL_MECHANISMS)
+    ),
+}
 
 
-KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT")
-KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """The settings of ``environ`` (default: the process's): the one place variables are read.
 
-
-def _path(name: str) -> Path | None:
-    raw = os.environ.get(name)
-    return Path(raw).expanduser().resolve() if raw else None
-
-
-def _kafka_security() -> dict[str, object]:
-    """The Kafka security settings, checked for shape; files are checked by kafka_client."""
-    protocol = (os.environ.get("RIVERDELTA_KAFKA_SECURITY") or "PLAINTEXT").upper()
-    if protocol not in KAFKA_PROTOCOLS:
-        raise ConfigError(
-            f"RIVERDELTA_KAFKA_SECURITY={protocol.lower()!r}: expected one of "
-            f"{', '.join(p.lower() for p in KAFKA_PROTOCOLS)}"
-        )
-    mechanism = (os.environ.get("RIVERDELTA_KAFKA_SASL_MECHANISM") or "").upper() or None
-    if protocol.startswith("SASL_"):
-        mechanism = mechanism or "SCRAM-SHA-512"
-        if mechanism not in KAFKA_SASL_MECHANISMS:
-            raise ConfigError(
-                f"RIVERDELTA_KAFKA_SASL_MECHANISM={mechanism!r} is not supported: expected one "
-                f"of {', '.join(KAFKA_SASL_MECHANISMS)}"
-            )
-    else:
-        mechanism = None
-    return {
-        "kafka_security_protocol": protocol,
-        "kafka_sasl_mechanism": mechanism,
-        "kafka_sasl_username": os.environ.get("RIVERDELTA_KAFKA_SASL_USERNAME") or None,
-        "kafka_sasl_password_file": _path("RIVERDELTA_KAFKA_SASL_PASSWORD_FILE"),
-        "kafka_ssl_ca": _path("RIVERDELTA_KAFKA_SSL_CA"),
-        "kafka_ssl_keystore": _path("RIVERDELTA_KAFKA_SSL_KEYSTORE"),
-    }
+    A variable set to "" counts as unset, as before for all but a few.
+    """
+    environ = os.environ if environ is None else environ
+    known = {f.alias for f in Settings.model_fields.values()}
+    given = {k: v for k, v in environ.items() if k in known and v != ""}
+    try:
+        return Settings.model_validate(given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        var = str(err["loc"][0]) if err["loc"] else ""
+        cause = (err.get("ctx") or {}).get("error")
+        if cause is not None:
+            message = f"{var}: {cause}" if var and var not in str(cause) else str(cause)
+        elif err["type"] == "enum":
+            message = f"{var}={err['input']!r}{_CHOICES[var]}"
+        elif err["type"].startswith("int_"):
+            message = f"{var}={err['input']!r} is not an integer"
+        else:
+            message = f"{var}={err['input']!r}: {err['msg']}"
+        raise ConfigError(message) from None
 
 
 @functools.cache

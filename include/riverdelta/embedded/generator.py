@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
-from riverdelta.config.registry import FieldSpec, StreamSpec, parse_duration
+from riverdelta.config.registry import FieldSpec, GenHint, StreamSpec, parse_duration
 
 VALID, DUPLICATE, LATE = "valid", "duplicate", "late"
 _ABSENT = object()
@@ -122,7 +122,7 @@ class _Maker:
         return record
 
     def value(self, f: FieldSpec, event_time: datetime) -> Any:
-        rng, gen = self.rng, f.gen or {}
+        rng, gen = self.rng, f.gen or GenHint()
         if f.name == self.stream.event_time_column:
             return iso(event_time)
         if f.name == self.stream.id_column:
@@ -130,18 +130,19 @@ class _Maker:
             if f.type == "string":
                 return str(uuid.UUID(int=rng.getrandbits(128), version=4))
             return self.next_id
-        if not f.required and rng.random() < gen.get("absent_rate", 0.1):
+        if not f.required and rng.random() < gen.absent_rate:
             return _ABSENT
-        if f.nullable and rng.random() < gen.get("null_rate", 0.1):
+        if f.nullable and rng.random() < gen.null_rate:
             return None
-        kind = gen.get("kind")
+        kind = gen.kind
         if kind == "choice":
-            return rng.choice(gen["values"])
+            return rng.choice(gen.values)
         if kind == "uuid":
             return str(uuid.UUID(int=rng.getrandbits(128), version=4))
         if kind == "pool":
-            n = rng.randint(1, int(gen.get("size", 100)))
-            return f"{gen.get('prefix', f.name + '-')}{n}" if f.type == "string" else n
+            n = rng.randint(1, gen.size)
+            prefix = f.name + "-" if gen.prefix is None else gen.prefix
+            return f"{prefix}{n}" if f.type == "string" else n
         if kind == "url":
             path = rng.choice(_PATHS).format(n=rng.randint(1, 200))
             return f"https://{rng.choice(_DOMAINS)}/{path}"
@@ -150,7 +151,7 @@ class _Maker:
         if f.allowed:
             return rng.choice(f.allowed)
         if f.is_numeric:
-            return self.number(f, gen.get("min"), gen.get("max"))
+            return self.number(f, gen.min, gen.max)
         if f.type == "boolean":
             return rng.random() < 0.5
         if f.type == "timestamp":
