@@ -643,71 +643,20 @@ def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0
     """
     from riverdelta.ops import control
     from riverdelta.ops import state as ops
-    from riverdelta.ops.health import read_checkpoint, watermarks
-    from riverdelta.quality.gate import publish_many, validate_table
-    from riverdelta.storage.lake import TableSet, set_stream_location
+    from riverdelta.ops.health import watermarks
 
-    stream = p["stream"]
+    stream, run_id = p["stream"], p["run_id"]
     spec = _spec(stream)
-    replay_end = read_checkpoint(p["checkpoint"])
-    replay_batch = replay_end.last_committed_batch if replay_end else None
-    replay_batch = -1 if replay_batch is None else replay_batch
-
-    def pause(s: ops.StreamState) -> ops.StreamState:
-        s.paused_by = p["run_id"]  # reconcile leaves the stream alone meanwhile
-        return s
-
-    # Every save below is a compare-and-swap of one field group: an operator's stop
-    # during the hand-over (desired STOPPED) is not undone by the hand-over's saves.
-    state = ops.update_state(stream, pause)
-    paused_at = time.time()
-    try:
-        was_running = control.stop_deployment(stream, state.deployment)
+    replay_batch = _last_batch(p["checkpoint"])
+    resumed_at = None
+    with control.pause(stream, by=run_id) as paused:
         # Stop position of the old driver: the new one must get at least this far.
         target = {tp: hi for tp, (_, hi) in watermarks(_bootstrap(), spec.source).items()}
-        set_stream_location(stream, p["tables_root"], p["checkpoint"], by=p["run_id"])
-
-        def fresh_tables(s: ops.StreamState) -> bool:
-            s.announced_versions = {}  # versions of the new tables start afresh
-            return s.desired == ops.RUNNING
-
-        should_run = ops.update_state(stream, fresh_tables)
-        resumed_at = None
+        should_run = control.move(stream, p["tables_root"], p["checkpoint"], by=run_id)
         if should_run:
-            state.deployment = control.launch(stream)
-            ops.update_state(stream, control.deployment_change(None, state.deployment))
-
-            def caught_up():
-                cp = read_checkpoint(p["checkpoint"])
-                ends = dict(cp.end_offsets) if cp else {}
-                return all(ends.get(part, -1) >= off for part, off in target.items())
-
-            def resumed():
-                # Ingesting again: a batch after the replay's, or (nothing arrived during the
-                # switch) the new driver's query is up on an already caught-up checkpoint.
-                cp = read_checkpoint(p["checkpoint"])
-                if cp is not None and (cp.last_committed_batch or -1) > replay_batch:
-                    return True
-                return _query_started(state.deployment) and caught_up()
-
-            _wait(resumed, timeout, "the live stream resuming after hand-over", stream, p["run_id"])
-            resumed_at = time.time()
-            _wait(caught_up, timeout, "the live stream catching up", stream, p["run_id"])
-    finally:
-
-        def unpause(s: ops.StreamState) -> None:
-            s.paused_by = None
-
-        ops.update_state(stream, unpause)
-    tables = TableSet.for_stream(spec, p["tables_root"])
-    entries = {}
-    for layer, table in spec.table_names().items():
-        heartbeat(stream, p["run_id"])
-        result = validate_table(
-            table, path=tables[layer], publish_on_pass=False, since_version=audited.get(table)
-        )
-        entries[table] = (tables[layer], result["to_version"])
-    publish_many(entries, by=p["run_id"])
+            deployment = control.resume(stream)
+            resumed_at = _await_resumed(p, deployment, target, replay_batch, timeout)
+    published = _publish_rebuilt(p, spec, audited)
     ops.record(
         stream,
         "restart" if should_run else "relocate",
@@ -717,10 +666,66 @@ def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0
         checkpoint=p["checkpoint"],
     )
     return {
-        "was_running": was_running,
-        "live_paused_seconds": round(resumed_at - paused_at, 1) if resumed_at else None,
-        "published": {t: v for t, (_, v) in entries.items()},
+        "was_running": paused.was_running,
+        "live_paused_seconds": round(resumed_at - paused.paused_at, 1) if resumed_at else None,
+        "published": published,
     }
+
+
+def _last_batch(checkpoint: str) -> int:
+    """The checkpoint's last committed batch id, -1 before the first."""
+    from riverdelta.ops.health import read_checkpoint
+
+    end = read_checkpoint(checkpoint)
+    batch = end.last_committed_batch if end else None
+    return -1 if batch is None else batch
+
+
+def _await_resumed(
+    p: dict[str, Any],
+    deployment: dict[str, Any],
+    target: dict[TP, int],
+    replay_batch: int,
+    timeout: float,
+) -> float:
+    """Wait for the new live driver to ingest again, then to pass ``target``; when it resumed."""
+    from riverdelta.ops.health import read_checkpoint
+
+    def caught_up():
+        cp = read_checkpoint(p["checkpoint"])
+        ends = dict(cp.end_offsets) if cp else {}
+        return all(ends.get(part, -1) >= off for part, off in target.items())
+
+    def resumed():
+        # Ingesting again: a batch after the replay's, or (nothing arrived during the
+        # switch) the new driver's query is up on an already caught-up checkpoint.
+        cp = read_checkpoint(p["checkpoint"])
+        if cp is not None and (cp.last_committed_batch or -1) > replay_batch:
+            return True
+        return _query_started(deployment) and caught_up()
+
+    stream, run_id = p["stream"], p["run_id"]
+    _wait(resumed, timeout, "the live stream resuming after hand-over", stream, run_id)
+    resumed_at = time.time()
+    _wait(caught_up, timeout, "the live stream catching up", stream, run_id)
+    return resumed_at
+
+
+def _publish_rebuilt(p: dict[str, Any], spec, audited: dict[str, int]) -> dict[str, int]:
+    """Validate every fresh table from its audited version on, then publish them at once."""
+    from riverdelta.quality.gate import publish_many, validate_table
+    from riverdelta.storage.lake import TableSet
+
+    tables = TableSet.for_stream(spec, p["tables_root"])
+    entries = {}
+    for layer, table in spec.table_names().items():
+        heartbeat(p["stream"], p["run_id"])
+        result = validate_table(
+            table, path=tables[layer], publish_on_pass=False, since_version=audited.get(table)
+        )
+        entries[table] = (tables[layer], result["to_version"])
+    publish_many(entries, by=p["run_id"])
+    return {t: v for t, (_, v) in entries.items()}
 
 
 # --------------------------------------------------------------------------- from a shell
