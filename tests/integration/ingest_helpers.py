@@ -15,7 +15,7 @@ def spec_on_topic(stream: str, topic: str) -> StreamSpec:
 
 def lake_job(spec: StreamSpec, mode: str, lake: Path, name: str, **kwargs):
     """An ingest job on ``lake``: checkpoint ``_checkpoints/<name>``, its tables and ops."""
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import make_job
 
     return make_job(
         spec,

@@ -74,7 +74,7 @@ def test_backlog_is_worked_through_in_bounded_batches(airflow_db, stream_registr
     from riverdelta.config.registry import load_registry
     from riverdelta.ops import control
     from riverdelta.ops import state as ops
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import make_job
     from tests.integration.ingest_helpers import produce
 
     bound = 10_000

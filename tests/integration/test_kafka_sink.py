@@ -105,7 +105,7 @@ def test_kafka_sink_exactly_once_under_sigkill(spark, kafka, topic, lake, tmp_pa
 
     from riverdelta.config.registry import load_registry
     from riverdelta.launch import procs
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import make_job
     from riverdelta.stream.kafka_sink import MARKER_KEY, Marker, read_marker
 
     sink_topic = f"{topic}-out"

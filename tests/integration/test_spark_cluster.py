@@ -162,7 +162,7 @@ def test_stream_survives_losing_a_worker(cluster, kafka, topic, tmp_path):
     from riverdelta.embedded import spark_cluster
     from riverdelta.launch import launchers
     from riverdelta.launch.submit import build_command, ingest_args, submit_env
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import make_job
 
     figures: dict = {"master": cluster.master_url}
     spec = spec_on_topic(STREAM, topic)

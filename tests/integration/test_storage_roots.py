@@ -36,7 +36,8 @@ def test_file_uri_root(spark, kafka, topic, file_root):
     from riverdelta.ops import state as ops
     from riverdelta.quality import gate as quality
     from riverdelta.quality.read import read_validated
-    from riverdelta.stream.ingest import make_job, start_query, stop_gold
+    from riverdelta.stream.ingest import start_query, stop_gold
+    from riverdelta.stream.job import make_job
 
     spec = spec_on_topic("transactions", topic)
     summary = produce(spec, 400, bootstrap=kafka, seed=11, poison_rate=0.05, duplicate_rate=0.05)

@@ -173,7 +173,8 @@ def test_a_sink_that_does_not_open_is_the_refreshers_error():
     from types import SimpleNamespace
 
     from riverdelta.stream.gold import GoldRefresher
-    from riverdelta.stream.ingest import DriverState, gold_failure
+    from riverdelta.stream.ingest import gold_failure
+    from riverdelta.stream.job import DriverState
     from riverdelta.stream.kafka_sink import SinkError
 
     class Unreachable:

@@ -21,7 +21,7 @@ from typing import Any
 
 from riverdelta.config.registry import TopicSource
 from riverdelta.errors import RiverdeltaError
-from riverdelta.ops.health import TP, flatten, nest
+from riverdelta.ops.health import TP, flatten, nest, offsets_for_time
 from riverdelta.storage import files
 from riverdelta.storage.lake import control_dir
 
@@ -131,25 +131,6 @@ def _parse_time(text: str) -> float | None:
     if ts.tzinfo is None:
         raise BackfillRefused(f"timestamp {text!r} has no time zone: add Z or +00:00")
     return ts.timestamp()
-
-
-def offsets_for_time(bootstrap: str, at: float, high: dict[TP, int]) -> dict[TP, int]:
-    """First offset per topic-partition of ``high`` whose timestamp is >= ``at`` (else its end)."""
-    from confluent_kafka import TopicPartition
-
-    from riverdelta.kafka import client as kafka_client
-
-    consumer = kafka_client.consumer(bootstrap)
-    try:
-        found = consumer.offsets_for_times(
-            [TopicPartition(t, p, int(at * 1000)) for t, p in high], timeout=10
-        )
-    finally:
-        consumer.close()
-    return {
-        (tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else high[(tp.topic, tp.partition)])
-        for tp in found
-    }
 
 
 def resolve(
@@ -518,7 +499,7 @@ def _batch_counts(app_id: str) -> dict[str, Any]:
     """Totals of the ingest_batches rows one replay wrote."""
     from riverdelta.storage import roots as storage
     from riverdelta.storage.lake import ops_path
-    from riverdelta.stream.ingest import BATCHES_TABLE
+    from riverdelta.stream.job import BATCHES_TABLE
 
     path = ops_path(BATCHES_TABLE)
     if not storage.is_delta_table(path):
@@ -540,6 +521,7 @@ def replay(p: dict[str, Any]) -> dict[str, Any]:
     from riverdelta.config.settings import settings
     from riverdelta.launch.procs import tail
     from riverdelta.launch.submit import build_command, ingest_args, submit_env
+    from riverdelta.stream.job import IngestMode
 
     rng = OffsetRange.from_dict(p["range"])
     started = time.time()
@@ -548,7 +530,7 @@ def replay(p: dict[str, Any]) -> dict[str, Any]:
     ensure_airflow_env()
     args = ingest_args(
         p["stream"],
-        "replay",
+        IngestMode.REPLAY,
         starting=rng.starting_offsets_json(),
         max_offsets_per_trigger=p["request"].get("max_offsets_per_trigger"),
         checkpoint=p["checkpoint"],
@@ -578,7 +560,7 @@ def replay(p: dict[str, Any]) -> dict[str, Any]:
             f"the replay driver exited with {rc}; log {log_file}:\n{tail(log_file, 40)}"
         )
     seconds = time.time() - started
-    from riverdelta.stream.ingest import checkpoint_marker
+    from riverdelta.stream.job import checkpoint_marker
 
     app_id = (checkpoint_marker(p["checkpoint"]) or {})["app_id"]
     counts = _batch_counts(app_id)

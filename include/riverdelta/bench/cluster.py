@@ -111,17 +111,17 @@ def replay(
     """One replay of the whole topic by spark-submit on ``master``; timings and counts."""
     from riverdelta.config.registry import load_registry
     from riverdelta.launch.submit import build_command, ingest_args, submit_env
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import IngestMode, make_job
 
     spec = load_registry().get(STREAM)
     checkpoint = root / label / "_checkpoint"
     tables = root / label / "tables"
     with spark_master(master):
         # Claimed here so the per-batch rows can be found by the job's app id afterwards.
-        job = make_job(spec, "replay", checkpoint=str(checkpoint), tables_root=str(tables))
+        job = make_job(spec, IngestMode.REPLAY, checkpoint=str(checkpoint), tables_root=str(tables))
         args = ingest_args(
             STREAM,
-            "replay",
+            IngestMode.REPLAY,
             starting="earliest",
             checkpoint=str(checkpoint),
             tables_root=str(tables),

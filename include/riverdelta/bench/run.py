@@ -6,7 +6,7 @@ ports), produces one fixed dataset, and times on that same data:
 - the limit: a raw confluent-kafka consumer reading the whole topic;
 - a naive baseline: plain Spark Kafka source -> Delta append of the raw value
   (``Trigger.AvailableNow``);
-- Riverdelta's replay (``ingest.make_job(..., "replay")`` + ``start_query``:
+- Riverdelta's replay (``job.make_job(..., IngestMode.REPLAY)`` + ``start_query``:
   bronze, silver, quarantine, gold and the per-batch counts);
 - the live maximum: the live query (the registry's processing-time trigger)
   started on the same backlog, timed until its last committed batch covers the
@@ -187,20 +187,22 @@ class MemorySampler(threading.Thread):
 
 
 class BatchProfiler:
-    """Times every Spark action ``ingest.process_batch`` makes, by its line in ingest.py.
+    """Times every Spark action ``batch.process_batch`` makes, by the step that made it.
 
     Wraps the actions (count / collect / first, Delta writes, merges, table
-    probes) and ``process_batch`` itself; an action is charged to the innermost
-    ingest.py frame that called it, with the Spark jobs it started (the
+    probes) and ``process_batch`` itself; an action is charged to the step of the
+    batch (the function ``process_batch`` called, or its own line) and to the
+    innermost frame of the batch's modules (``stream/batch.py``,
+    ``stream/delta_sink.py``) that called it, with the Spark jobs it started (the
     streaming query's job group, read through the status tracker).
     """
 
     def __init__(self, spark: SparkSession) -> None:
-        from riverdelta.stream import ingest
+        from riverdelta.stream import batch, delta_sink
 
         self.sc = spark.sparkContext
-        self.ingest = ingest
-        self.ingest_file = ingest.__file__
+        self.batch = batch
+        self.batch_files = {batch.__file__, delta_sink.__file__}
         self.sites: dict[str, dict[str, float]] = {}
         self.batches: list[dict[str, Any]] = []
         self._local = threading.local()
@@ -211,19 +213,21 @@ class BatchProfiler:
         return set(self.sc.statusTracker().getJobIdsForGroup(group))
 
     def _site(self, action: str, args: tuple) -> str | None:
-        """``<statement in process_batch> [<function in ingest.py that ran it>.<action>]``."""
+        """``<statement of the batch's step> [<function of the batch that ran it>.<action>]``."""
         frames = []
         frame = sys._getframe(2)
         while frame is not None:
-            if frame.f_code.co_filename == self.ingest_file:
+            if frame.f_code.co_filename in self.batch_files:
                 frames.append(frame)
             frame = frame.f_back
         if not frames:
             return None
-        # The statement being run in process_batch says which step of the batch this is.
-        outer = next((f for f in frames if f.f_code.co_name == "process_batch"), frames[-1])
+        # The statement being run in the step process_batch called (or in process_batch
+        # itself) says which step of the batch this is.
+        top = next((i for i, f in enumerate(frames) if f.f_code.co_name == "process_batch"), None)
+        outer = frames[-1] if top is None else frames[max(top - 1, 0)]
         inner = frames[0]
-        text = linecache.getline(self.ingest_file, outer.f_lineno).strip()[:60]
+        text = linecache.getline(outer.f_code.co_filename, outer.f_lineno).strip()[:60]
         target = f" -> {Path(str(args[1])).name}" if action == "save" and len(args) > 1 else ""
         return (
             f"{outer.f_code.co_name}:{outer.f_lineno} {text} "
@@ -273,14 +277,14 @@ class BatchProfiler:
             (DeltaTable, "isDeltaTable"),
         ):
             self._wrap_action(owner, name)
-        original = self.ingest.process_batch
+        original = self.batch.process_batch
 
         def process_batch(job: Any, raw_df: Any, batch_id: int) -> dict:
             before, t = self._jobs(), _now()
             counts = original(job, raw_df, batch_id)
             self.batches.append(
                 {
-                    "mode": job.mode,
+                    "mode": str(job.mode),
                     "batch_id": batch_id,
                     "records": counts.get("records_in", 0),
                     "seconds": round(_now() - t, 3),
@@ -289,9 +293,9 @@ class BatchProfiler:
             )
             return counts
 
-        # start_query's foreachBatch looks process_batch up in the module at call time.
-        self._restore.append((self.ingest, "process_batch", original))
-        self.ingest.process_batch = process_batch
+        # start_query's foreachBatch looks process_batch up in its module at call time.
+        self._restore.append((self.batch, "process_batch", original))
+        self.batch.process_batch = process_batch
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -444,11 +448,11 @@ def replay(
     spark: SparkSession, spec: StreamSpec, root: Path, expected: int, *, default_tables: bool
 ) -> dict[str, Any]:
     """Riverdelta's backfill path; ``default_tables``: the lake's own (the ones quality validates)."""
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import IngestMode, make_job
 
     job = make_job(
         spec,
-        "replay",
+        IngestMode.REPLAY,
         checkpoint=str(root / "_checkpoints" / "bench-replay"),
         tables_root=None if default_tables else str(root / "tables"),
         ops_root=None if default_tables else str(root / "_ops"),
@@ -500,11 +504,11 @@ def _lag(job: Any, topic: str, bootstrap: str) -> int:
 
 
 def _live_job(spec: StreamSpec, root: Path) -> Any:
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import IngestMode, make_job
 
     return make_job(
         spec,
-        "live",
+        IngestMode.LIVE,
         checkpoint=str(root / "_checkpoint"),
         tables_root=str(root / "tables"),
         ops_root=str(root / "_ops"),
@@ -741,17 +745,19 @@ def table_growth(spark: SparkSession, spec: StreamSpec, root: Path, big_tables: 
     """
     import statistics
 
-    from riverdelta.stream import ingest
+    from riverdelta.config.registry import parse_duration
+    from riverdelta.stream.batch import process_batch
+    from riverdelta.stream.job import IngestMode, make_job
 
     spec = dataclasses.replace(spec, gold=())
-    base = datetime.now(UTC) + 3 * ingest.parse_duration(spec.watermark)
+    base = datetime.now(UTC) + 3 * parse_duration(spec.watermark)
     sc = spark.sparkContext
     tracker = sc.statusTracker()
     found: dict[str, Any] = {}
     for name, tables_root in (("small", str(root / "small")), ("large", big_tables)):
-        job = ingest.make_job(
+        job = make_job(
             spec,
-            "live",
+            IngestMode.LIVE,
             checkpoint=str(root / f"cp-{name}"),
             tables_root=tables_root,
             ops_root=str(root / f"ops-{name}"),
@@ -759,7 +765,7 @@ def table_growth(spark: SparkSession, spec: StreamSpec, root: Path, big_tables: 
         offset = 10_000_000
         if name == "small":
             seed_df = _synthetic_batch(spark, spec, GROWTH_SMALL, 500, base - timedelta(hours=1), 0)
-            ingest.process_batch(job, seed_df, 0)
+            process_batch(job, seed_df, 0)
             seed_df.unpersist()
         rows = [
             spark.read.format("delta").load(job.tables["silver"]).count(),
@@ -774,7 +780,7 @@ def table_growth(spark: SparkSession, spec: StreamSpec, root: Path, big_tables: 
             group = f"growth-{name}-{i}"
             sc.setJobGroup(group, group)
             t = _now()
-            ingest.process_batch(job, df, 1 + i)
+            process_batch(job, df, 1 + i)
             seconds = _now() - t
             sc.setJobGroup("", "")
             batches.append(
@@ -1425,7 +1431,7 @@ class loading and code generation are not charged to whichever phase runs first)
   and MB/s of key + value bytes. Nothing is decoded or written.
 - **naive Spark**: `readStream.format("kafka")` → `select("value")` → Delta append,
   `Trigger.AvailableNow`, fresh checkpoint; wall time from `start()` to termination.
-- **Riverdelta replay**: `ingest.make_job(spec, "replay")` + `start_query(...,
+- **Riverdelta replay**: `job.make_job(spec, IngestMode.REPLAY)` + `start_query(...,
   starting="earliest")` (AvailableNow, no `maxOffsetsPerTrigger`, as `riverdelta run
   --mode replay` defaults): bronze, silver, quarantine, gold and `_ops/ingest_batches`;
   wall time from `start_query` to termination, start-up included. Bronze must hold

@@ -82,12 +82,16 @@ def _launch(stream: str) -> dict[str, Any]:
     spec = _spec(stream)
     ensure_airflow_env()  # the hook resolves the Spark connection from AIRFLOW_CONN_SPARK_DEFAULT
     from riverdelta.storage.lake import stream_location
+    from riverdelta.stream.job import IngestMode
 
     where = stream_location(spec.name)
     args = ingest_args(
-        spec.name, "live", checkpoint=where["checkpoint"], tables_root=where["tables_root"]
+        spec.name,
+        IngestMode.LIVE,
+        checkpoint=where["checkpoint"],
+        tables_root=where["tables_root"],
     )
-    cmd = build_command(args, name=f"riverdelta-{spec.name}-live")
+    cmd = build_command(args, name=f"riverdelta-{spec.name}-{IngestMode.LIVE}")
     log = settings().log_dir / f"stream-{spec.name}.log"
     dep = _launcher().launch(spec.name, cmd, submit_env(), log)
     return dep.to_dict()

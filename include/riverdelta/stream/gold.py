@@ -109,7 +109,7 @@ class GoldRefresher:
         tables: dict[str, str],
         app_id: str,
         interval: float,
-        retry,  # ingest.retry_conflicts (passed in: ingest imports this module)
+        retry,  # delta_sink.retry_conflicts (passed in: batch imports this module)
         lock: threading.Lock,
         sinks: dict | None = None,  # gold name -> sink.KafkaSink (live drivers only)
     ) -> None:
