@@ -141,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             trigger=args.trigger,
         )
         log.info(
-            "started %s (%s) app_id=%s checkpoint=%s",
+            "started %s (%s) txn_app_id=%s checkpoint=%s",
             spec.name,
             args.mode,
-            job.app_id,
+            job.txn_app_id,
             job.checkpoint,
         )
         try:

@@ -41,7 +41,7 @@ def _counted(spark, job) -> int:
         return 0
     return (
         read(spark, job.batches_path)
-        .where(F.col("app_id") == job.app_id)
+        .where(F.col("app_id") == job.txn_app_id)
         .agg(F.sum("bronze"))
         .first()[0]
         or 0

@@ -325,7 +325,7 @@ def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path
     rows = (
         spark.read.format("delta")
         .load(job.batches_path)
-        .where(f"app_id = '{job.app_id}'")
+        .where(f"app_id = '{job.txn_app_id}'")
         .orderBy("batch_id")
         .collect()
     )

@@ -63,8 +63,8 @@ def test_a_checkpoint_refuses_a_stream_whose_source_changed(tmp_path):
 
     spec = load_registry(SHIPPED_STREAMS).get("transactions")
     cp = str(tmp_path / "cp")
-    app_id = claim_checkpoint(cp, spec, "live")
-    assert claim_checkpoint(cp, spec, "live") == app_id
+    txn_app_id = claim_checkpoint(cp, spec, "live")
+    assert claim_checkpoint(cp, spec, "live") == txn_app_id
     wider = dataclasses.replace(spec, topics=("rd.transactions", "rd.transactions.eu"))
     with pytest.raises(
         CheckpointMismatchError, match=r"the registry now says rd\.transactions, rd"

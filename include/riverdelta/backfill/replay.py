@@ -495,7 +495,7 @@ def finish(p: dict[str, Any], outcome: str, **detail: Any) -> None:
     release_lock(p["stream"], p["run_id"])
 
 
-def _batch_counts(app_id: str) -> dict[str, Any]:
+def _batch_counts(txn_app_id: str) -> dict[str, Any]:
     """Totals of the ingest_batches rows one replay wrote."""
     from riverdelta.storage import roots as storage
     from riverdelta.storage.lake import ops_path
@@ -505,7 +505,7 @@ def _batch_counts(app_id: str) -> dict[str, Any]:
     if not storage.is_delta_table(path):
         return {}
     table = storage.delta_table(path).to_pyarrow_table()
-    rows = [r for r in table.to_pylist() if r["app_id"] == app_id]
+    rows = [r for r in table.to_pylist() if r["app_id"] == txn_app_id]
     keys = ("records_in", "silver", "duplicates", "quarantined", "already_present", "resolved")
     totals: dict[str, Any] = {k: sum(int(r.get(k) or 0) for r in rows) for k in keys}
     totals["batches"] = len(rows)
@@ -562,15 +562,15 @@ def replay(p: dict[str, Any]) -> dict[str, Any]:
     seconds = time.time() - started
     from riverdelta.stream.job import checkpoint_marker
 
-    app_id = (checkpoint_marker(p["checkpoint"]) or {})["app_id"]
-    counts = _batch_counts(app_id)
+    txn_app_id = (checkpoint_marker(p["checkpoint"]) or {})["app_id"]
+    counts = _batch_counts(txn_app_id)
     # Rows per second over what the replay read (skipped records included: it read them).
     read = counts.get("records_in", 0) + counts.get("already_present", 0)
     return {
         "records": rng.records,
         "seconds": round(seconds, 1),
         "rows_per_second": round(read / seconds, 1) if seconds else None,
-        "app_id": app_id,
+        "app_id": txn_app_id,  # the key backfill records in the ops history have
         "log": str(log_file),
         "counts": counts,
     }

@@ -91,11 +91,11 @@ def _bronze_rows(path: str) -> int:
     return DeltaTable(path).to_pyarrow_table(columns=["offset"]).num_rows
 
 
-def _batches(path: str, app_id: str) -> list[dict[str, Any]]:
+def _batches(path: str, txn_app_id: str) -> list[dict[str, Any]]:
     from deltalake import DeltaTable
 
     rows = DeltaTable(path).to_pyarrow_table().to_pylist()
-    return [r for r in rows if r["app_id"] == app_id]
+    return [r for r in rows if r["app_id"] == txn_app_id]
 
 
 def _query_window(checkpoint: Path) -> tuple[float, float]:
@@ -142,7 +142,7 @@ def replay(
     bronze = _bronze_rows(job.tables["bronze"])
     if bronze != expected:
         raise RuntimeError(f"{label}: bronze holds {bronze} rows, expected {expected}")
-    batches = _batches(job.batches_path, job.app_id)
+    batches = _batches(job.batches_path, job.txn_app_id)
     reconciles = (
         all(
             b["records_in"] + (b["resolved"] or 0)

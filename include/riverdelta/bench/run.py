@@ -437,7 +437,9 @@ def _table_counts(spark: SparkSession, job: Any) -> dict[str, int]:
         layer: spark.read.format("delta").load(path).count()
         for layer, path in job.tables.paths.items()
     }
-    mine = spark.read.format("delta").load(job.batches_path).where(F.col("app_id") == job.app_id)
+    mine = (
+        spark.read.format("delta").load(job.batches_path).where(F.col("app_id") == job.txn_app_id)
+    )
     row = mine.agg(F.sum("duplicates"), F.sum("silver"), F.sum("quarantined")).first()
     counts["duplicates_counted"] = int(row[0] or 0)
     counts["reconciles"] = int(counts["bronze"] == sum(int(x or 0) for x in row))
@@ -544,7 +546,7 @@ def live_maximum(
     }
 
 
-def commit_times(table: str, app_id: str) -> dict[int, float]:
+def commit_times(table: str, txn_app_id: str) -> dict[int, float]:
     """batch id -> commit timestamp (s) of the Delta version that batch's write created.
 
     Read from the transaction log: every ingest write carries txn (appId, version =
@@ -555,7 +557,7 @@ def commit_times(table: str, app_id: str) -> dict[int, float]:
         txn = stamp = None
         for line in entry.read_text().splitlines():
             action = json.loads(line)
-            if "txn" in action and action["txn"].get("appId") == app_id:
+            if "txn" in action and action["txn"].get("appId") == txn_app_id:
                 txn = int(action["txn"]["version"])
             if "commitInfo" in action:
                 stamp = action["commitInfo"].get("inCommitTimestamp") or action["commitInfo"].get(
@@ -671,11 +673,13 @@ def live_latency(
     finally:
         query.stop()
         stop_gold(job)
-    commits = commit_times(job.tables["silver"], job.app_id)
+    commits = commit_times(job.tables["silver"], job.txn_app_id)
     hist = latency_histogram(spark, job.tables["silver"], commits)
     gold = {}
     for g in spec.gold:
-        gold_commits = reflected_at(commits, commit_times(job.tables[f"gold_{g.name}"], job.app_id))
+        gold_commits = reflected_at(
+            commits, commit_times(job.tables[f"gold_{g.name}"], job.txn_app_id)
+        )
         ghist = latency_histogram(spark, job.tables["silver"], gold_commits)
         gold[g.name] = {
             "p50_seconds": percentile(ghist, 0.50),

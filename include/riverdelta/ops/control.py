@@ -70,7 +70,7 @@ def actual_state(state: ops.StreamState) -> str:
 
 def refreshed_deployment(state: ops.StreamState) -> dict[str, Any] | None:
     """The deployment with what the launcher learnt since (e.g. the Spark app id from the log)."""
-    if not state.deployment or state.deployment.get("app_id"):
+    if not state.deployment or _deployment(state.deployment).spark_app_id:
         return state.deployment
     return _launcher(state.deployment).refresh(_deployment(state.deployment)).to_dict()
 

@@ -744,11 +744,11 @@ class CheckContext:
     spark: SparkSession | None = None  # only when rows.engine == "spark"
 
 
-def _writer_versions(path: str, version: int, app_ids: list[str]) -> dict[str, int]:
-    """app id -> last batch it committed to the table at ``version`` (Delta txn actions)."""
+def _writer_versions(path: str, version: int, txn_app_ids: list[str]) -> dict[str, int]:
+    """txn app id -> last batch it committed to the table at ``version`` (Delta txn actions)."""
     dt = storage.delta_table(path, version=version)
     out = {}
-    for app in app_ids:
+    for app in txn_app_ids:
         txn = dt.transaction_version(app)
         if txn is not None:
             out[app] = int(txn)
@@ -804,8 +804,8 @@ def check_reconcile_bronze(ctx: CheckContext) -> list[dict[str, Any]]:
     records = _ingest_records(ref.spec.name, None if ctx.full or not in_rows else min(in_rows))
     if records is None:
         return [_check_failure("reconcile_bronze", None, "no _ops/ingest_batches table", {})]
-    app_ids = sorted({r["app_id"] for r in records})
-    writers = _writer_versions(ref.path, ctx.version, app_ids)
+    txn_app_ids = sorted({r["app_id"] for r in records})
+    writers = _writer_versions(ref.path, ctx.version, txn_app_ids)
     recorded_rows = [
         {**r, "resolved": r.get("resolved") or 0} for r in records if r["app_id"] in writers
     ]

@@ -40,7 +40,7 @@ from riverdelta.stream.job import IngestJob, IngestMode
 log = logging.getLogger("riverdelta.stream.ingest")
 
 
-def to_bronze(raw: DataFrame, batch_id: int, app_id: str) -> DataFrame:
+def to_bronze(raw: DataFrame, batch_id: int, txn_app_id: str) -> DataFrame:
     return raw.select(
         "key",
         "value",
@@ -50,7 +50,7 @@ def to_bronze(raw: DataFrame, batch_id: int, app_id: str) -> DataFrame:
         F.col("timestamp").alias("kafka_timestamp"),
         F.lit(batch_id).cast("long").alias("batch_id"),
         F.current_timestamp().alias("ingested_at"),
-        F.lit(app_id).alias("app_id"),  # which writer: a retried batch knows its own rows
+        F.lit(txn_app_id).alias("app_id"),  # which writer: a retried batch knows its own rows
     )
 
 
@@ -71,7 +71,7 @@ def _previous_max_event_time(spark: SparkSession, job: IngestJob, batch_id: int)
     row = (
         spark.read.format("delta")
         .load(job.batches_path)
-        .where((F.col("app_id") == job.app_id) & (F.col("batch_id") < batch_id))
+        .where((F.col("app_id") == job.txn_app_id) & (F.col("batch_id") < batch_id))
         .agg(F.max("max_event_time"))
         .first()
     )
@@ -151,7 +151,7 @@ def new_silver_rows(
     """
     spec = job.spec
     et, idc = spec.event_time_column, spec.id_column
-    tagged = deduped.withColumn("_app_id", F.lit(job.app_id)).withColumn(
+    tagged = deduped.withColumn("_app_id", F.lit(job.txn_app_id)).withColumn(
         "_batch_id", F.lit(batch_id).cast("long")
     )
     if not horizon or not _known_table(spark, job, "silver"):
@@ -162,7 +162,7 @@ def new_silver_rows(
         .load(job.tables["silver"])
         .where(_horizon_filter(et, horizon, wm))
         # Rows this batch wrote in an earlier, crashed attempt are not duplicates.
-        .where(~((F.col("_app_id") == job.app_id) & (F.col("_batch_id") == batch_id)))
+        .where(~((F.col("_app_id") == job.txn_app_id) & (F.col("_batch_id") == batch_id)))
         .select(idc)
         .join(F.broadcast(deduped.select(idc)), on=idc, how="left_semi")
     )
@@ -183,13 +183,15 @@ def gold_refresher(spark: SparkSession, job: IngestJob):
         # backfill) must not fence it; its gold changes reach Kafka when the live
         # refresher next rewrites those windows.
         sinks = (
-            sinks_for(job.spec, job.tables.paths, job.app_id) if job.mode == IngestMode.LIVE else {}
+            sinks_for(job.spec, job.tables.paths, job.txn_app_id)
+            if job.mode == IngestMode.LIVE
+            else {}
         )
         refresher = GoldRefresher(
             spark,
             job.spec,
             job.tables.paths,
-            job.app_id,
+            job.txn_app_id,
             interval,
             retry_conflicts,
             TXN_LOCK,
@@ -240,7 +242,7 @@ def split_present(
         .load(job.tables["bronze"])
         .where(_within(bounds))
         # This very batch's rows from an earlier, crashed attempt are not "present".
-        .where(~(F.col("app_id").eqNullSafe(job.app_id) & (F.col("batch_id") == batch_id)))
+        .where(~(F.col("app_id").eqNullSafe(job.txn_app_id) & (F.col("batch_id") == batch_id)))
         .select(*COORDS)
         .distinct()
     )
@@ -265,7 +267,7 @@ def resolve_quarantined(
     path = job.tables["quarantine"]
     if not table_exists(spark, path):
         return T.to_silver(T.split(T.validate(present.limit(0), job.spec))[0], job.spec)
-    token = f"{job.app_id}:{batch_id}"
+    token = f"{job.txn_app_id}:{batch_id}"
     quarantined = (
         spark.read.format("delta")
         .load(path)
@@ -379,7 +381,9 @@ def _write_bronze_and_quarantine(
     batch_id: int,
 ) -> DataFrame:
     """Every record to bronze, the invalid ones to quarantine; the valid ones, for silver."""
-    write_idempotent(to_bronze(fresh, batch_id, job.app_id), job.tables["bronze"], job, batch_id)
+    write_idempotent(
+        to_bronze(fresh, batch_id, job.txn_app_id), job.tables["bronze"], job, batch_id
+    )
     valid, invalid = T.split(validated)
     # No quarantine commit for a batch without poison, but the table exists from a
     # driver's first batch on: readers and the quality gate expect every layer.
@@ -458,7 +462,7 @@ def _batch_counts(
     return {
         "stream": job.spec.name,
         "mode": str(job.mode),
-        "app_id": job.app_id,
+        "app_id": job.txn_app_id,
         "batch_id": batch_id,
         "records_in": stats.records,
         "bronze": stats.records,

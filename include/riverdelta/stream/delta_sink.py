@@ -93,12 +93,12 @@ def retry_conflicts(fn: Callable[[], R], what: str, attempts: int = 8) -> R:
 class _txn_guard:
     """Session confs that make a DML command (MERGE) idempotent like ``txnAppId`` writes."""
 
-    def __init__(self, spark: SparkSession, app_id: str, version: int) -> None:
-        self.spark, self.app_id, self.version = spark, app_id, version
+    def __init__(self, spark: SparkSession, txn_app_id: str, version: int) -> None:
+        self.spark, self.txn_app_id, self.version = spark, txn_app_id, version
 
     def __enter__(self) -> None:
         TXN_LOCK.acquire()
-        self.spark.conf.set("spark.databricks.delta.write.txnAppId", self.app_id)
+        self.spark.conf.set("spark.databricks.delta.write.txnAppId", self.txn_app_id)
         self.spark.conf.set("spark.databricks.delta.write.txnVersion", str(self.version))
 
     def __exit__(self, *exc: object) -> None:
@@ -108,13 +108,13 @@ class _txn_guard:
 
 
 def write_idempotent(
-    df: DataFrame, path: str, job: IngestJob, batch_id: int, app_id: str | None = None
+    df: DataFrame, path: str, job: IngestJob, batch_id: int, txn_app_id: str | None = None
 ) -> None:
     def write() -> None:
         (
             df.write.format("delta")
             .mode("append")
-            .option("txnAppId", app_id or job.app_id)
+            .option("txnAppId", txn_app_id or job.txn_app_id)
             .option("txnVersion", batch_id)
             .option("mergeSchema", "true")
             .save(path)
@@ -133,8 +133,8 @@ def mark_resolved(
     from delta.tables import DeltaTable
 
     def mark() -> None:
-        # Its own txn app id: the quarantine append of this batch already used (app_id, batch_id).
-        with _txn_guard(spark, f"{job.app_id}-resolve", batch_id):
+        # Its own txn app id: the quarantine append of this batch already used (txn_app_id, batch_id).
+        with _txn_guard(spark, f"{job.txn_app_id}-resolve", batch_id):
             (
                 DeltaTable.forPath(spark, path)
                 .alias("t")
@@ -181,7 +181,7 @@ def batch_counts_df(spark: SparkSession, counts: dict) -> DataFrame:
 
 
 def record_batch(job: IngestJob, counts: dict) -> None:
-    """Append the batch's counts to ``_ops/ingest_batches``, once per (app id, batch id).
+    """Append the batch's counts to ``_ops/ingest_batches``, once per (txn app id, batch id).
 
     delta-rs, not Spark: a one-row Spark write with a txn id costs four jobs and about
     half a second (Delta rebuilds the snapshot state to read the txn); delta-rs does
@@ -193,7 +193,7 @@ def record_batch(job: IngestJob, counts: dict) -> None:
 
     path = job.batches_path
     try:
-        done = storage.delta_table(path).transaction_version(job.app_id)
+        done = storage.delta_table(path).transaction_version(job.txn_app_id)
     except Exception:  # no table yet (the first batch of the lake creates it)
         done = None
     if done is not None and done >= counts["batch_id"]:
@@ -224,6 +224,6 @@ def record_batch(job: IngestJob, counts: dict) -> None:
         mode="append",
         storage_options=storage.delta_options(path),
         commit_properties=CommitProperties(
-            app_transactions=[Transaction(app_id=job.app_id, version=counts["batch_id"])]
+            app_transactions=[Transaction(app_id=job.txn_app_id, version=counts["batch_id"])]
         ),
     )

@@ -55,7 +55,7 @@ class IngestJob:
     mode: IngestMode
     tables: TableSet
     checkpoint: str
-    app_id: str
+    txn_app_id: str  # Delta's txnAppId of every write (the marker's "app_id")
     batches_path: str
     until: dict[TP, int] | None = None  # exclusive end offset per topic-partition (ranges)
     skip_present: bool = False  # range backfill into live tables
@@ -91,9 +91,9 @@ def _marked_source(marker: dict) -> str:
 
 
 def claim_checkpoint(checkpoint: str, spec: StreamSpec, mode: IngestMode | str) -> str:
-    """Return the checkpoint's app id, creating its marker; refuse another stream's checkpoint.
+    """Return the checkpoint's txn app id, creating its marker; refuse another stream's checkpoint.
 
-    The app id is new for every new checkpoint: batch ids restart at 0 with a new
+    The txn app id is new for every new checkpoint: batch ids restart at 0 with a new
     checkpoint, and reusing an old txnAppId would make Delta skip them as done. The
     marker is one object written once, so this works on object stores as on disks.
     """
@@ -113,7 +113,7 @@ def claim_checkpoint(checkpoint: str, spec: StreamSpec, mode: IngestMode | str) 
                 "checkpoint: `riverdelta stop`, move the old one aside, start again (it "
                 "resumes after what the tables hold)."
             )
-        return data["app_id"]
+        return data["app_id"]  # the marker's key for the txn app id, kept for old checkpoints
     fs, path = storage.filesystem(checkpoint)
     if fs.exists(path) and fs.ls(path, detail=False):
         raise CheckpointMismatchError(
@@ -121,16 +121,16 @@ def claim_checkpoint(checkpoint: str, spec: StreamSpec, mode: IngestMode | str) 
             "refusing to guess which stream it belongs to."
         )
     fs.makedirs(path, exist_ok=True)
-    app_id = f"riverdelta-{spec.name}-{mode}-{uuid.uuid4().hex[:12]}"
+    txn_app_id = f"riverdelta-{spec.name}-{mode}-{uuid.uuid4().hex[:12]}"
     marker = {
         "stream": spec.name,
         "topics": list(spec.topics),
         "topic_pattern": spec.topic_pattern,
         "mode": str(mode),
-        "app_id": app_id,
+        "app_id": txn_app_id,
     }
     fs.pipe_file(f"{path}/{MARKER}", json.dumps(marker).encode())
-    return app_id
+    return txn_app_id
 
 
 def make_job(
@@ -156,13 +156,13 @@ def make_job(
             else checkpoint_path(spec.name, str(mode))
         )
     cp = checkpoint
-    app_id = claim_checkpoint(cp, spec, mode)
+    txn_app_id = claim_checkpoint(cp, spec, mode)
     return IngestJob(
         spec=spec,
         mode=mode,
         tables=TableSet.for_stream(spec, tables_root),
         checkpoint=cp,
-        app_id=app_id,
+        txn_app_id=txn_app_id,
         batches_path=ops_path(BATCHES_TABLE, ops_root),
         until=until,
         skip_present=skip_present,
