@@ -85,14 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     from riverdelta.config.registry import load_registry
-    from riverdelta.stream.ingest import (
-        gold_failure,
-        kafka_starting_options,
-        make_job,
-        passed_until,
-        start_query,
-        stop_gold,
-    )
+    from riverdelta.stream.ingest import gold_failure, passed_until, start_query, stop_gold
+    from riverdelta.stream.job import IngestMode, make_job
+    from riverdelta.stream.source import kafka_starting_options
 
     try:
         spec = load_registry(args.registry).get(args.stream)
@@ -116,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     problem = kafka_problem(spec)
     if problem:
         print(f"ingest: error: {problem}", file=sys.stderr)
-        if args.mode == "live":
+        if args.mode == IngestMode.LIVE:
             record_error(spec.name, problem)
         return 2
 
@@ -126,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     spark.sparkContext.setLogLevel("WARN")
     # Local mode never prints its application id; the launcher reads it from this line.
     print(f"Riverdelta driver application id: {spark.sparkContext.applicationId}", flush=True)
-    if args.mode == "live":
+    if args.mode == IngestMode.LIVE:
         from riverdelta.ops.status import progress_file
         from riverdelta.stream.listener import make_progress_listener
 
@@ -146,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             trigger=args.trigger,
         )
         log.info(
-            "started %s (%s) app_id=%s checkpoint=%s",
+            "started %s (%s) txn_app_id=%s checkpoint=%s",
             spec.name,
             args.mode,
-            job.app_id,
+            job.txn_app_id,
             job.checkpoint,
         )
         try:
@@ -160,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                     failed = gold_failure(job)
                     if failed is not None:
                         query.stop()
-                        if args.mode == "live":
+                        if args.mode == IngestMode.LIVE:
                             record_error(spec.name, failed)
                         raise RuntimeError(failed)
             else:

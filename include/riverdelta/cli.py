@@ -106,9 +106,10 @@ def run_command(args: argparse.Namespace) -> list[str]:
     """The spark-submit command of ``riverdelta run``: every option it accepts is passed on."""
     from riverdelta.config.registry import load_registry
     from riverdelta.launch.submit import build_command, ingest_args
+    from riverdelta.stream.job import IngestMode
 
     spec = load_registry().get(args.stream)  # unknown stream: fail before spark-submit starts
-    if args.mode == "live" and (args.until or args.skip_present):
+    if args.mode == IngestMode.LIVE and (args.until or args.skip_present):
         raise ValueError(
             "--until and --skip-present bound a replay: add --mode replay "
             "(or use `riverdelta backfill --mode range`)"

@@ -15,7 +15,7 @@ def spec_on_topic(stream: str, topic: str) -> StreamSpec:
 
 def lake_job(spec: StreamSpec, mode: str, lake: Path, name: str, **kwargs):
     """An ingest job on ``lake``: checkpoint ``_checkpoints/<name>``, its tables and ops."""
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import make_job
 
     return make_job(
         spec,
@@ -62,14 +62,14 @@ def gold_caught_up(job) -> bool:
         silver = storage.delta_table(job.tables["silver"]).to_pyarrow_dataset()
     except Exception:
         return True  # no silver, nothing to reflect
-    mine = silver.to_table(columns=["_batch_id"], filter=ds.field("_app_id") == job.app_id)
+    mine = silver.to_table(columns=["_batch_id"], filter=ds.field("_app_id") == job.txn_app_id)
     newest = pc.max(mine["_batch_id"]).as_py() if mine.num_rows else None
     if newest is None:
         return True
     for gold in job.spec.gold:
         try:
             done = storage.delta_table(job.tables[f"gold_{gold.name}"]).transaction_version(
-                job.app_id
+                job.txn_app_id
             )
         except Exception:
             return False
@@ -98,7 +98,7 @@ def assert_invariants(spark, spec: StreamSpec, job, summary: dict) -> dict:
     bronze = read(spark, job.tables["bronze"])
     silver = read(spark, job.tables["silver"])
     quarantine = read(spark, job.tables["quarantine"])
-    batches = read(spark, job.batches_path).where(F.col("app_id") == job.app_id)
+    batches = read(spark, job.batches_path).where(F.col("app_id") == job.txn_app_id)
 
     # Every Kafka record exactly once in bronze.
     assert bronze.count() == sent

@@ -50,7 +50,8 @@ def last_backfill(stream: str) -> dict:
 def ingest_live_in_process(spark, stream: str) -> None:
     """Run the stream's live query in this process until the topic is drained, then stop."""
     from riverdelta.config.registry import load_registry
-    from riverdelta.stream.ingest import await_gold, make_job, start_query, stop_gold
+    from riverdelta.stream.ingest import await_gold, start_query, stop_gold
+    from riverdelta.stream.job import make_job
 
     job = make_job(load_registry().get(stream), "live")
     query = start_query(spark, job, trigger="1 second")
@@ -117,7 +118,7 @@ def live_stream(name: str, seed: int) -> Iterator[Sent]:
 
 def _live_job(name: str):
     from riverdelta.config.registry import load_registry
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import make_job
 
     return make_job(load_registry().get(name), "live")
 
@@ -221,7 +222,7 @@ def test_range_while_live_and_maintenance_writes_nothing_twice(airflow_db, strea
     record is written twice or lost, and the gate's next increment is exactly the new rows."""
     from riverdelta.config.registry import load_registry
     from riverdelta.quality.gate import validate_table
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import make_job
 
     name = stream_registry()
     with live_stream(name, seed=11) as sent:

@@ -41,7 +41,7 @@ def _counted(spark, job) -> int:
         return 0
     return (
         read(spark, job.batches_path)
-        .where(F.col("app_id") == job.app_id)
+        .where(F.col("app_id") == job.txn_app_id)
         .agg(F.sum("bronze"))
         .first()[0]
         or 0
@@ -50,7 +50,7 @@ def _counted(spark, job) -> int:
 
 def _crash_loop(spark, kafka, topic, lake, tmp_path, *, events: int, kills: int, seed: int):
     from riverdelta.launch import procs
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import make_job
 
     stream = "transactions"
     spec = spec_on_topic(stream, topic)

@@ -35,7 +35,7 @@ def test_live_on_a_new_checkpoint_starts_after_what_the_tables_hold(spark, kafka
     replay = run_replay(spark, spec, lake)
     second = produce(spec, 2000, bootstrap=kafka, seed=22, **rates)
     live = lake_job(spec, "live", lake, "live-new")
-    assert live.app_id != replay.app_id
+    assert live.txn_app_id != replay.txn_app_id
     query = start_query(spark, live, starting="earliest", trigger="1 second")
     try:
         query.processAllAvailable()
@@ -62,7 +62,7 @@ def test_live_on_a_new_checkpoint_starts_after_what_the_tables_hold(spark, kafka
     # The live query read only the second lot: its batches hold exactly those records.
     from pyspark.sql import functions as F
 
-    mine = read(spark, live.batches_path).where(F.col("app_id") == live.app_id)
+    mine = read(spark, live.batches_path).where(F.col("app_id") == live.txn_app_id)
     assert mine.agg(F.sum("records_in")).first()[0] == second["sent"]
 
 
@@ -74,7 +74,7 @@ def test_backlog_is_worked_through_in_bounded_batches(airflow_db, stream_registr
     from riverdelta.config.registry import load_registry
     from riverdelta.ops import control
     from riverdelta.ops import state as ops
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import make_job
     from tests.integration.ingest_helpers import produce
 
     bound = 10_000
@@ -101,7 +101,7 @@ def test_backlog_is_worked_through_in_bounded_batches(airflow_db, stream_registr
     assert set(reconciled) == {"none"}, f"reconcile acted while the stream was busy: {reconciled}"
     assert ops.history(name, "restart") == [], "no health restart"
     job = make_job(load_registry().get(name), "live")
-    rows = read(spark, job.batches_path).where(F.col("app_id") == job.app_id).collect()
+    rows = read(spark, job.batches_path).where(F.col("app_id") == job.txn_app_id).collect()
     sizes = [r["records_in"] for r in rows if r["records_in"]]
     assert sum(sizes) == 500 + backlog
     assert max(sizes) <= bound and len(sizes) >= backlog // bound

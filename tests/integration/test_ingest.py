@@ -26,7 +26,7 @@ def test_replay_reconciles(spark, kafka, topic, lake, stream):
 def test_replayed_batch_is_skipped(spark, kafka, topic, lake):
     """Running a batch again (as after a crash) writes nothing twice."""
     from riverdelta.embedded.generator import produce
-    from riverdelta.stream.ingest import process_batch
+    from riverdelta.stream.batch import process_batch
 
     spec = spec_on_topic("transactions", topic)
     summary = produce(spec, 1000, bootstrap=kafka, poison_rate=0.05, duplicate_rate=0.05, seed=3)
@@ -48,7 +48,7 @@ def test_replayed_batch_is_skipped(spark, kafka, topic, lake):
 
 def test_checkpoint_of_another_stream_is_refused(lake):
     from riverdelta.config.registry import load_registry
-    from riverdelta.stream.ingest import CheckpointMismatchError, make_job
+    from riverdelta.stream.job import CheckpointMismatchError, make_job
 
     reg = load_registry()
     cp = str(lake / "cp")

@@ -196,7 +196,7 @@ def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path
     from riverdelta.embedded import kafka_broker
     from riverdelta.kafka import client as kafka_client
     from riverdelta.launch import procs
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import make_job
 
     t_start = time.monotonic()
     topic = f"t-cluster-{uuid.uuid4().hex[:6]}"
@@ -325,7 +325,7 @@ def test_live_stream_survives_leader_broker_crash(spark, cluster, lake, tmp_path
     rows = (
         spark.read.format("delta")
         .load(job.batches_path)
-        .where(f"app_id = '{job.app_id}'")
+        .where(f"app_id = '{job.txn_app_id}'")
         .orderBy("batch_id")
         .collect()
     )

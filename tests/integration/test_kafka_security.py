@@ -134,7 +134,7 @@ def test_sasl_ssl_live_ingest_lag_backfill_and_no_leak(secured, spark, tmp_path,
     from riverdelta.launch.submit import build_command, ingest_args, submit_env
     from riverdelta.ops.health import compute_health, nest
     from riverdelta.storage.lake import live_checkpoint
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import make_job
 
     password, home = secured
     topic = f"rd.sec-{uuid.uuid4().hex[:6]}"
@@ -229,7 +229,8 @@ def test_mtls_produce_and_replay(secured, spark, tmp_path, monkeypatch):
     from riverdelta.embedded.generator import produce
     from riverdelta.kafka import client as kafka_client
     from riverdelta.ops.health import compute_health
-    from riverdelta.stream.ingest import make_job, start_query
+    from riverdelta.stream.ingest import start_query
+    from riverdelta.stream.job import make_job
     from tests.integration.ingest_helpers import finish_gold, read
 
     topic = f"rd.mtls-{uuid.uuid4().hex[:6]}"

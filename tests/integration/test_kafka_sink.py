@@ -105,7 +105,7 @@ def test_kafka_sink_exactly_once_under_sigkill(spark, kafka, topic, lake, tmp_pa
 
     from riverdelta.config.registry import load_registry
     from riverdelta.launch import procs
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import make_job
     from riverdelta.stream.kafka_sink import MARKER_KEY, Marker, read_marker
 
     sink_topic = f"{topic}-out"
@@ -154,8 +154,10 @@ def test_kafka_sink_exactly_once_under_sigkill(spark, kafka, topic, lake, tmp_pa
             from riverdelta.storage import roots as storage
 
             marker = read_marker(sink.marker_topic, timeout=30)
-            done = storage.delta_table(gold_path).transaction_version(job.app_id)
-            return marker is not None and marker.app_id == job.app_id and marker.batch >= done
+            done = storage.delta_table(gold_path).transaction_version(job.txn_app_id)
+            return (
+                marker is not None and marker.txn_app_id == job.txn_app_id and marker.batch >= done
+            )
 
         wait_for(sink_caught_up, 300, "the sink to commit gold's last refresh", driver=info)
     finally:
@@ -172,7 +174,7 @@ def test_kafka_sink_exactly_once_under_sigkill(spark, kafka, topic, lake, tmp_pa
     ]
     # One marker per committed refresh, numbered 1..n without a gap or a repeat.
     assert [m.refresh for m in markers] == list(range(1, len(markers) + 1))
-    assert len({(m.app_id, m.batch) for m in markers}) == len(markers)
+    assert len({(m.txn_app_id, m.batch) for m in markers}) == len(markers)
 
     values = [json.loads(m.value()) for m in committed]
     ids = Counter((v["user_id"], v["window_start"], v["_refresh"]) for v in values)

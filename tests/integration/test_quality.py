@@ -186,7 +186,7 @@ def test_gold_must_match_silver_for_closed_windows(spark, lake_env):
 def test_bronze_reconciles_with_ingest_batches(spark, lake_env):
     from pyspark.sql import functions as F
 
-    from riverdelta.stream.ingest import batch_counts_df
+    from riverdelta.stream.delta_sink import batch_counts_df
 
     bronze_schema = (
         "key binary, value binary, topic string, partition int, offset long, "

@@ -72,7 +72,7 @@ def test_two_named_topics_reconcile_and_resolve_per_topic_partition(spark, kafka
     assert set(health.partition_lag) == {(eu, 0), (eu, 1), (us, 0), (us, 1), (us, 2)}
     assert sum(health.committed_offsets.values()) == 2000
     # The batch ledger names the topic of every offset range.
-    ledger = read(spark, job.batches_path).where(F.col("app_id") == job.app_id).collect()
+    ledger = read(spark, job.batches_path).where(F.col("app_id") == job.txn_app_id).collect()
     spans = [json.loads(r["offsets"]) for r in ledger]
     assert {t for s in spans for t in s} == {eu, us}
 
@@ -87,7 +87,7 @@ def test_two_named_topics_reconcile_and_resolve_per_topic_partition(spark, kafka
     stop_gold(rng_job)
     done = (
         read(spark, rng_job.batches_path)
-        .where(F.col("app_id") == rng_job.app_id)
+        .where(F.col("app_id") == rng_job.txn_app_id)
         .agg(F.sum("already_present"), F.sum("silver"))
         .first()
     )

@@ -70,7 +70,7 @@ def _batches(job) -> list[dict]:
     if not glob.glob(os.path.join(job.batches_path, "_delta_log", "*.json")):
         return []
     rows = _delta(job.batches_path).to_pylist()
-    return sorted((r for r in rows if r["app_id"] == job.app_id), key=lambda r: r["batch_id"])
+    return sorted((r for r in rows if r["app_id"] == job.txn_app_id), key=lambda r: r["batch_id"])
 
 
 def _epoch(ts) -> float:
@@ -149,11 +149,12 @@ def _producer(spec, seed: int, sent: Sent) -> threading.Thread:
     return threading.Thread(target=run, name=f"producer-{seed}")
 
 
-def _app(cluster, app_id: str) -> dict | None:
+def _app(cluster, spark_app_id: str) -> dict | None:
     from riverdelta.embedded import spark_cluster
 
     return next(
-        (a for a in spark_cluster.master_status(cluster)["activeapps"] if a["id"] == app_id), None
+        (a for a in spark_cluster.master_status(cluster)["activeapps"] if a["id"] == spark_app_id),
+        None,
     )
 
 
@@ -162,7 +163,7 @@ def test_stream_survives_losing_a_worker(cluster, kafka, topic, tmp_path):
     from riverdelta.embedded import spark_cluster
     from riverdelta.launch import launchers
     from riverdelta.launch.submit import build_command, ingest_args, submit_env
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import make_job
 
     figures: dict = {"master": cluster.master_url}
     spec = spec_on_topic(STREAM, topic)
@@ -203,12 +204,12 @@ def test_stream_survives_losing_a_worker(cluster, kafka, topic, tmp_path):
         assert launcher.status(dep) == "RUNNING", Path(dep.log).read_text()[-5000:]
         figures["phase1_seconds"] = round(time.monotonic() - t0, 1)
         dep = launcher.refresh(dep)
-        assert dep.app_id and dep.app_id.startswith("app-"), dep
-        app = _app(cluster, dep.app_id)
+        assert dep.spark_app_id and dep.spark_app_id.startswith("app-"), dep
+        app = _app(cluster, dep.spark_app_id)
         assert app is not None and app["state"] == "RUNNING" and app["cores"] == 2, app
         # Each worker ran one of the app's executors (its stderr sits in work-dir/<app>/<exec>/).
         for w in cluster.workers:
-            assert list((w.work_dir / dep.app_id).glob("*/stderr")), w
+            assert list((w.work_dir / dep.spark_app_id).glob("*/stderr")), w
         figures["phase1"] = _check_invariants(spec, job, sent.summary)
         batches_before = len(_batches(job))
 
@@ -237,7 +238,7 @@ def test_stream_survives_losing_a_worker(cluster, kafka, topic, tmp_path):
         )
         assert len(after) >= 1 and sum(b["records_in"] for b in after) > 0
         # Not waiting for resources: still running on the surviving worker's core.
-        app = _app(cluster, dep.app_id)
+        app = _app(cluster, dep.spark_app_id)
         assert app is not None and app["state"] == "RUNNING" and app["cores"] == 1, app
         figures["final"] = _check_invariants(spec, job, sent.summary)
         assert figures["final"]["bronze"] == 2 * PER_PHASE

@@ -37,7 +37,8 @@ def test_file_uri_root(spark, kafka, topic, file_root):
     from riverdelta.quality.publications import publish
     from riverdelta.quality.read import read_validated
     from riverdelta.quality.tables import latest_version
-    from riverdelta.stream.ingest import make_job, start_query, stop_gold
+    from riverdelta.stream.ingest import start_query, stop_gold
+    from riverdelta.stream.job import make_job
 
     spec = spec_on_topic("transactions", topic)
     summary = produce(spec, 400, bootstrap=kafka, seed=11, poison_rate=0.05, duplicate_rate=0.05)

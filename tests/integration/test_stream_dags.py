@@ -25,7 +25,7 @@ def test_deploy_watch_stop_restart(airflow_db, stream_registry, spark):
     from riverdelta.config.registry import load_registry
     from riverdelta.launch import procs
     from riverdelta.ops import state as ops
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import make_job
     from tests.integration.ingest_helpers import assert_invariants, wait_gold
 
     name = stream_registry()

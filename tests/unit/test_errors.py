@@ -28,7 +28,7 @@ BUILTIN_BASES = {
     "riverdelta.backfill.replay.BackfillRefused": ValueError,
     "riverdelta.ops.control.CrashLoopError": RuntimeError,
     "riverdelta.ops.control.HealthBreachError": RuntimeError,
-    "riverdelta.stream.ingest.CheckpointMismatchError": ValueError,
+    "riverdelta.stream.job.CheckpointMismatchError": ValueError,
     "riverdelta.launch.jars.JarCacheError": RuntimeError,
     "riverdelta.embedded.kafka_broker.BrokerError": RuntimeError,
     "riverdelta.embedded.kafka_certs.CertError": RuntimeError,

@@ -118,7 +118,7 @@ ROW = {
     "event_count": 3,
     "updated_at": datetime(2026, 5, 1, 10, 4, 59, tzinfo=UTC),
 }
-MARKER = Marker(refresh=4, app_id="app", batch=17, gold_version=9, records=1, windows=1)
+MARKER = Marker(refresh=4, txn_app_id="app", batch=17, gold_version=9, records=1, windows=1)
 
 
 def test_record_key_is_group_and_window():
@@ -153,6 +153,7 @@ def test_record_value_is_the_gold_row_and_the_refresh():
 def test_marker_round_trips():
     raw = MARKER.encode("transactions", "user_5m")
     assert json.loads(raw)["stream"] == "transactions"
+    assert json.loads(raw)["app_id"] == "app"  # the key markers already on Kafka carry
     assert Marker.decode(raw) == MARKER
 
 
@@ -173,7 +174,8 @@ def test_a_sink_that_does_not_open_is_the_refreshers_error():
     from types import SimpleNamespace
 
     from riverdelta.stream.gold import GoldRefresher
-    from riverdelta.stream.ingest import DriverState, gold_failure
+    from riverdelta.stream.ingest import gold_failure
+    from riverdelta.stream.job import DriverState
     from riverdelta.stream.kafka_sink import SinkError
 
     class Unreachable:

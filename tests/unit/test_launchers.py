@@ -65,13 +65,16 @@ def test_deployment_round_trips_through_json():
     dep = Deployment(
         stream="orders",
         launcher="kubernetes",
-        app_id="spark-3c2b",
+        spark_app_id="spark-3c2b",
         submission_id="riverdelta:orders-driver",
         log="/logs/stream-orders.log",
         master="k8s://https://api:6443",
         started_at=1_700_000_000.5,
     )
     assert Deployment.from_dict(json.loads(json.dumps(dep.to_dict()))) == dep
+    # State files written before the rename keep loading: the stored key is still app_id.
+    assert dep.to_dict()["app_id"] == "spark-3c2b" and "spark_app_id" not in dep.to_dict()
+    assert dep.deployment_id == "spark-3c2b"
 
 
 def test_deployment_from_dict_ignores_unknown_keys():
@@ -279,7 +282,7 @@ def test_kubernetes_launch_status_stop(tmp_path):
     assert submit_option(submitted, "--deploy-mode") == "cluster"
     assert "spark.kubernetes.submission.waitAppCompletion=false" in submitted
     assert dep.submission_id == "riverdelta:riverdelta-orders-live-8f1c2a9d3b-driver"
-    assert dep.app_id == "spark-4f9a8c7e2b1d4c0f9e8d7c6b5a4f3e2d"
+    assert dep.spark_app_id == "spark-4f9a8c7e2b1d4c0f9e8d7c6b5a4f3e2d"
     assert (dep.launcher, dep.master, dep.pid) == ("kubernetes", master, None)
     assert "Deployed Spark application" in log.read_text()
 
@@ -305,7 +308,9 @@ def test_status_is_unknown_when_the_cli_is_missing():
     dep = Deployment("orders", "kubernetes", submission_id="ns:pod", master="k8s://x")
     assert KubernetesLauncher(runner=missing).status(dep) == UNKNOWN
     assert (
-        YarnLauncher(runner=missing).status(Deployment("orders", "yarn", app_id="application_1_1"))
+        YarnLauncher(runner=missing).status(
+            Deployment("orders", "yarn", spark_app_id="application_1_1")
+        )
         == UNKNOWN
     )
 
@@ -391,16 +396,16 @@ def test_yarn_launch_status_stop(tmp_path):
     dep = launcher.launch("orders", hook_command("yarn"), {}, tmp_path / "log")
     assert submit_option(runner.calls[0], "--deploy-mode") == "cluster"
     assert "spark.yarn.submit.waitAppCompletion=false" in runner.calls[0]
-    assert dep.app_id == "application_1748771234567_0042"
+    assert dep.spark_app_id == "application_1748771234567_0042"
     assert launcher.status(dep) == RUNNING
-    assert runner.calls[1] == ["yarn", "application", "-status", dep.app_id]
+    assert runner.calls[1] == ["yarn", "application", "-status", dep.spark_app_id]
     launcher.stop(dep, timeout=0)
-    assert runner.calls[2] == ["yarn", "application", "-kill", dep.app_id]
+    assert runner.calls[2] == ["yarn", "application", "-kill", dep.spark_app_id]
 
 
 def test_yarn_stop_that_does_not_take_effect_raises(tmp_path):
     runner = FakeRunner((0, "Killing application application_1_0001"), (0, YARN_STATUS))
-    dep = Deployment("orders", "yarn", app_id="application_1_0001", master="yarn")
+    dep = Deployment("orders", "yarn", spark_app_id="application_1_0001", master="yarn")
     with pytest.raises(RuntimeError, match="still runs"):
         YarnLauncher(runner=runner).stop(dep, timeout=0)
 
@@ -431,7 +436,7 @@ def test_application_id_is_read_after_this_launch_only(tmp_path):
     assert launcher.application_id(dep) is None
     with log.open("a") as f:
         f.write("spark application id local-1700000099999\n")
-    assert launcher.refresh(dep).app_id == "local-1700000099999"
+    assert launcher.refresh(dep).spark_app_id == "local-1700000099999"
 
 
 def test_local_launcher_runs_a_detached_process(tmp_path):

@@ -18,7 +18,7 @@ def _tps(by_partition: dict[int, int], topic: str = TOPIC) -> dict[tuple[str, in
 
 def _start(asked: str | None, held: dict[int, int], partitions=(0, 1, 2)) -> dict:
     """The per-partition start a new checkpoint gets (offsets JSON cases only)."""
-    from riverdelta.stream.ingest import kafka_starting_options, resume_options
+    from riverdelta.stream.source import kafka_starting_options, resume_options
 
     tps = [(TOPIC, p) for p in partitions]
     options = resume_options(kafka_starting_options(asked), _tps(held), tps)
@@ -38,7 +38,7 @@ def test_explicit_offsets_never_go_below_what_is_held():
 
 
 def test_each_topic_of_a_stream_resumes_at_its_own_positions():
-    from riverdelta.stream.ingest import kafka_starting_options, resume_options
+    from riverdelta.stream.source import kafka_starting_options, resume_options
 
     held = {("a", 0): 7, ("b", 0): 3}
     options = resume_options(kafka_starting_options("earliest"), held, [("a", 0), ("b", 0)])
@@ -46,7 +46,7 @@ def test_each_topic_of_a_stream_resumes_at_its_own_positions():
 
 
 def test_empty_tables_and_latest_are_left_as_asked():
-    from riverdelta.stream.ingest import kafka_starting_options, resume_options
+    from riverdelta.stream.source import kafka_starting_options, resume_options
 
     assert resume_options(kafka_starting_options("earliest"), {}, [(TOPIC, 0)]) == {
         "startingOffsets": "earliest"
@@ -59,12 +59,12 @@ def test_empty_tables_and_latest_are_left_as_asked():
 def test_a_checkpoint_refuses_a_stream_whose_source_changed(tmp_path):
     from riverdelta.config.registry import load_registry
     from riverdelta.config.settings import SHIPPED_STREAMS
-    from riverdelta.stream.ingest import CheckpointMismatchError, claim_checkpoint
+    from riverdelta.stream.job import CheckpointMismatchError, claim_checkpoint
 
     spec = load_registry(SHIPPED_STREAMS).get("transactions")
     cp = str(tmp_path / "cp")
-    app_id = claim_checkpoint(cp, spec, "live")
-    assert claim_checkpoint(cp, spec, "live") == app_id
+    txn_app_id = claim_checkpoint(cp, spec, "live")
+    assert claim_checkpoint(cp, spec, "live") == txn_app_id
     wider = dataclasses.replace(spec, topics=("rd.transactions", "rd.transactions.eu"))
     with pytest.raises(
         CheckpointMismatchError, match=r"the registry now says rd\.transactions, rd"

@@ -51,18 +51,19 @@ KAFKA_SCHEMA = (
 def table_columns(spark) -> dict[str, set[str]]:
     """Each table's columns, from the code that writes it (empty DataFrames: no data, no Delta)."""
     from riverdelta.storage.lake import TableSet
-    from riverdelta.stream import gold, ingest
+    from riverdelta.stream import batch, gold
     from riverdelta.stream import transforms as T
+    from riverdelta.stream.job import IngestJob, IngestMode
 
     raw = spark.createDataFrame([], KAFKA_SCHEMA)
     out: dict[str, set[str]] = {}
     for spec in load_registry().streams.values():
         names = spec.table_names()
-        job = ingest.IngestJob(spec, "live", TableSet.for_stream(spec), "cp", "app", "batches")
+        job = IngestJob(spec, IngestMode.LIVE, TableSet.for_stream(spec), "cp", "app", "batches")
         valid, invalid = T.split(T.validate(raw, spec))
         # No horizon: the ingest's tagging of new silver rows, without reading silver.
-        silver = ingest.new_silver_rows(spark, T.to_silver(valid, spec), job, 0, ())
-        out[names["bronze"]] = set(ingest.to_bronze(raw, 0, job.app_id).columns)
+        silver = batch.new_silver_rows(spark, T.to_silver(valid, spec), job, 0, ())
+        out[names["bronze"]] = set(batch.to_bronze(raw, 0, job.txn_app_id).columns)
         # process_batch adds the batch id to the quarantined rows as it writes them.
         out[names["quarantine"]] = {*T.to_quarantine(invalid).columns, "batch_id"}
         out[names["silver"]] = set(silver.columns)

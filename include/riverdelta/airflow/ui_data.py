@@ -61,6 +61,7 @@ def batch_history(stream: str, since: float) -> dict[str, Any]:
     from riverdelta.quality.engine import arrow_table
     from riverdelta.storage import roots as storage
     from riverdelta.storage.lake import ops_path
+    from riverdelta.stream.job import IngestMode
 
     path = ops_path("ingest_batches")
     if not storage.is_delta_table(path):
@@ -79,7 +80,7 @@ def batch_history(stream: str, since: float) -> dict[str, Any]:
             "seconds": round((r["committed_at"] - r["max_event_time"]).total_seconds(), 1),
         }
         for r in rows
-        if r["mode"] == "live" and r["max_event_time"] is not None
+        if r["mode"] == IngestMode.LIVE and r["max_event_time"] is not None
     ]
     buckets: dict[int, dict[str, int]] = {}
     total: dict[str, int] = {}

@@ -21,7 +21,7 @@ from typing import Any
 
 from riverdelta.config.registry import TopicSource
 from riverdelta.errors import RiverdeltaError
-from riverdelta.ops.health import TP, flatten, nest
+from riverdelta.ops.health import TP, flatten, nest, offsets_for_time
 from riverdelta.storage import files
 from riverdelta.storage.lake import control_dir
 
@@ -131,25 +131,6 @@ def _parse_time(text: str) -> float | None:
     if ts.tzinfo is None:
         raise BackfillRefused(f"timestamp {text!r} has no time zone: add Z or +00:00")
     return ts.timestamp()
-
-
-def offsets_for_time(bootstrap: str, at: float, high: dict[TP, int]) -> dict[TP, int]:
-    """First offset per topic-partition of ``high`` whose timestamp is >= ``at`` (else its end)."""
-    from confluent_kafka import TopicPartition
-
-    from riverdelta.kafka import client as kafka_client
-
-    consumer = kafka_client.consumer(bootstrap)
-    try:
-        found = consumer.offsets_for_times(
-            [TopicPartition(t, p, int(at * 1000)) for t, p in high], timeout=10
-        )
-    finally:
-        consumer.close()
-    return {
-        (tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else high[(tp.topic, tp.partition)])
-        for tp in found
-    }
 
 
 def resolve(
@@ -514,17 +495,17 @@ def finish(p: dict[str, Any], outcome: str, **detail: Any) -> None:
     release_lock(p["stream"], p["run_id"])
 
 
-def _batch_counts(app_id: str) -> dict[str, Any]:
+def _batch_counts(txn_app_id: str) -> dict[str, Any]:
     """Totals of the ingest_batches rows one replay wrote."""
     from riverdelta.storage import roots as storage
     from riverdelta.storage.lake import ops_path
-    from riverdelta.stream.ingest import BATCHES_TABLE
+    from riverdelta.stream.job import BATCHES_TABLE
 
     path = ops_path(BATCHES_TABLE)
     if not storage.is_delta_table(path):
         return {}
     table = storage.delta_table(path).to_pyarrow_table()
-    rows = [r for r in table.to_pylist() if r["app_id"] == app_id]
+    rows = [r for r in table.to_pylist() if r["app_id"] == txn_app_id]
     keys = ("records_in", "silver", "duplicates", "quarantined", "already_present", "resolved")
     totals: dict[str, Any] = {k: sum(int(r.get(k) or 0) for r in rows) for k in keys}
     totals["batches"] = len(rows)
@@ -540,6 +521,7 @@ def replay(p: dict[str, Any]) -> dict[str, Any]:
     from riverdelta.config.settings import settings
     from riverdelta.launch.procs import tail
     from riverdelta.launch.submit import build_command, ingest_args, submit_env
+    from riverdelta.stream.job import IngestMode
 
     rng = OffsetRange.from_dict(p["range"])
     started = time.time()
@@ -548,7 +530,7 @@ def replay(p: dict[str, Any]) -> dict[str, Any]:
     ensure_airflow_env()
     args = ingest_args(
         p["stream"],
-        "replay",
+        IngestMode.REPLAY,
         starting=rng.starting_offsets_json(),
         max_offsets_per_trigger=p["request"].get("max_offsets_per_trigger"),
         checkpoint=p["checkpoint"],
@@ -578,17 +560,17 @@ def replay(p: dict[str, Any]) -> dict[str, Any]:
             f"the replay driver exited with {rc}; log {log_file}:\n{tail(log_file, 40)}"
         )
     seconds = time.time() - started
-    from riverdelta.stream.ingest import checkpoint_marker
+    from riverdelta.stream.job import checkpoint_marker
 
-    app_id = (checkpoint_marker(p["checkpoint"]) or {})["app_id"]
-    counts = _batch_counts(app_id)
+    txn_app_id = (checkpoint_marker(p["checkpoint"]) or {})["app_id"]
+    counts = _batch_counts(txn_app_id)
     # Rows per second over what the replay read (skipped records included: it read them).
     read = counts.get("records_in", 0) + counts.get("already_present", 0)
     return {
         "records": rng.records,
         "seconds": round(seconds, 1),
         "rows_per_second": round(read / seconds, 1) if seconds else None,
-        "app_id": app_id,
+        "app_id": txn_app_id,  # the key backfill records in the ops history have
         "log": str(log_file),
         "counts": counts,
     }
@@ -643,72 +625,20 @@ def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0
     """
     from riverdelta.ops import control
     from riverdelta.ops import state as ops
-    from riverdelta.ops.health import read_checkpoint, watermarks
-    from riverdelta.quality.gate import validate_table
-    from riverdelta.quality.publications import publish_many
-    from riverdelta.storage.lake import TableSet, set_stream_location
+    from riverdelta.ops.health import watermarks
 
-    stream = p["stream"]
+    stream, run_id = p["stream"], p["run_id"]
     spec = _spec(stream)
-    replay_end = read_checkpoint(p["checkpoint"])
-    replay_batch = replay_end.last_committed_batch if replay_end else None
-    replay_batch = -1 if replay_batch is None else replay_batch
-
-    def pause(s: ops.StreamState) -> ops.StreamState:
-        s.paused_by = p["run_id"]  # reconcile leaves the stream alone meanwhile
-        return s
-
-    # Every save below is a compare-and-swap of one field group: an operator's stop
-    # during the hand-over (desired STOPPED) is not undone by the hand-over's saves.
-    state = ops.update_state(stream, pause)
-    paused_at = time.time()
-    try:
-        was_running = control.stop_deployment(stream, state.deployment)
+    replay_batch = _last_batch(p["checkpoint"])
+    resumed_at = None
+    with control.pause(stream, by=run_id) as paused:
         # Stop position of the old driver: the new one must get at least this far.
         target = {tp: hi for tp, (_, hi) in watermarks(_bootstrap(), spec.source).items()}
-        set_stream_location(stream, p["tables_root"], p["checkpoint"], by=p["run_id"])
-
-        def fresh_tables(s: ops.StreamState) -> bool:
-            s.announced_versions = {}  # versions of the new tables start afresh
-            return s.desired == ops.RUNNING
-
-        should_run = ops.update_state(stream, fresh_tables)
-        resumed_at = None
+        should_run = control.move(stream, p["tables_root"], p["checkpoint"], by=run_id)
         if should_run:
-            state.deployment = control.launch(stream)
-            ops.update_state(stream, control.deployment_change(None, state.deployment))
-
-            def caught_up():
-                cp = read_checkpoint(p["checkpoint"])
-                ends = dict(cp.end_offsets) if cp else {}
-                return all(ends.get(part, -1) >= off for part, off in target.items())
-
-            def resumed():
-                # Ingesting again: a batch after the replay's, or (nothing arrived during the
-                # switch) the new driver's query is up on an already caught-up checkpoint.
-                cp = read_checkpoint(p["checkpoint"])
-                if cp is not None and (cp.last_committed_batch or -1) > replay_batch:
-                    return True
-                return _query_started(state.deployment) and caught_up()
-
-            _wait(resumed, timeout, "the live stream resuming after hand-over", stream, p["run_id"])
-            resumed_at = time.time()
-            _wait(caught_up, timeout, "the live stream catching up", stream, p["run_id"])
-    finally:
-
-        def unpause(s: ops.StreamState) -> None:
-            s.paused_by = None
-
-        ops.update_state(stream, unpause)
-    tables = TableSet.for_stream(spec, p["tables_root"])
-    entries = {}
-    for layer, table in spec.table_names().items():
-        heartbeat(stream, p["run_id"])
-        result = validate_table(
-            table, path=tables[layer], publish_on_pass=False, since_version=audited.get(table)
-        )
-        entries[table] = (tables[layer], result["to_version"])
-    publish_many(entries, by=p["run_id"])
+            deployment = control.resume(stream)
+            resumed_at = _await_resumed(p, deployment, target, replay_batch, timeout)
+    published = _publish_rebuilt(p, spec, audited)
     ops.record(
         stream,
         "restart" if should_run else "relocate",
@@ -718,10 +648,67 @@ def hand_over(p: dict[str, Any], audited: dict[str, int], timeout: float = 600.0
         checkpoint=p["checkpoint"],
     )
     return {
-        "was_running": was_running,
-        "live_paused_seconds": round(resumed_at - paused_at, 1) if resumed_at else None,
-        "published": {t: v for t, (_, v) in entries.items()},
+        "was_running": paused.was_running,
+        "live_paused_seconds": round(resumed_at - paused.paused_at, 1) if resumed_at else None,
+        "published": published,
     }
+
+
+def _last_batch(checkpoint: str) -> int:
+    """The checkpoint's last committed batch id, -1 before the first."""
+    from riverdelta.ops.health import read_checkpoint
+
+    end = read_checkpoint(checkpoint)
+    batch = end.last_committed_batch if end else None
+    return -1 if batch is None else batch
+
+
+def _await_resumed(
+    p: dict[str, Any],
+    deployment: dict[str, Any],
+    target: dict[TP, int],
+    replay_batch: int,
+    timeout: float,
+) -> float:
+    """Wait for the new live driver to ingest again, then to pass ``target``; when it resumed."""
+    from riverdelta.ops.health import read_checkpoint
+
+    def caught_up():
+        cp = read_checkpoint(p["checkpoint"])
+        ends = dict(cp.end_offsets) if cp else {}
+        return all(ends.get(part, -1) >= off for part, off in target.items())
+
+    def resumed():
+        # Ingesting again: a batch after the replay's, or (nothing arrived during the
+        # switch) the new driver's query is up on an already caught-up checkpoint.
+        cp = read_checkpoint(p["checkpoint"])
+        if cp is not None and (cp.last_committed_batch or -1) > replay_batch:
+            return True
+        return _query_started(deployment) and caught_up()
+
+    stream, run_id = p["stream"], p["run_id"]
+    _wait(resumed, timeout, "the live stream resuming after hand-over", stream, run_id)
+    resumed_at = time.time()
+    _wait(caught_up, timeout, "the live stream catching up", stream, run_id)
+    return resumed_at
+
+
+def _publish_rebuilt(p: dict[str, Any], spec, audited: dict[str, int]) -> dict[str, int]:
+    """Validate every fresh table from its audited version on, then publish them at once."""
+    from riverdelta.quality.gate import validate_table
+    from riverdelta.quality.publications import publish_many
+    from riverdelta.storage.lake import TableSet
+
+    tables = TableSet.for_stream(spec, p["tables_root"])
+    entries = {}
+    for layer, table in spec.table_names().items():
+        heartbeat(p["stream"], p["run_id"])
+        result = validate_table(
+            table, path=tables[layer], publish_on_pass=False, since_version=audited.get(table)
+        )
+        entries[table] = (tables[layer], result["to_version"])
+    publish_many(entries, by=p["run_id"])
+    return {t: v for t, (_, v) in entries.items()}
 
 
 # --------------------------------------------------------------------------- from a shell

@@ -91,11 +91,11 @@ def _bronze_rows(path: str) -> int:
     return DeltaTable(path).to_pyarrow_table(columns=["offset"]).num_rows
 
 
-def _batches(path: str, app_id: str) -> list[dict[str, Any]]:
+def _batches(path: str, txn_app_id: str) -> list[dict[str, Any]]:
     from deltalake import DeltaTable
 
     rows = DeltaTable(path).to_pyarrow_table().to_pylist()
-    return [r for r in rows if r["app_id"] == app_id]
+    return [r for r in rows if r["app_id"] == txn_app_id]
 
 
 def _query_window(checkpoint: Path) -> tuple[float, float]:
@@ -111,17 +111,17 @@ def replay(
     """One replay of the whole topic by spark-submit on ``master``; timings and counts."""
     from riverdelta.config.registry import load_registry
     from riverdelta.launch.submit import build_command, ingest_args, submit_env
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import IngestMode, make_job
 
     spec = load_registry().get(STREAM)
     checkpoint = root / label / "_checkpoint"
     tables = root / label / "tables"
     with spark_master(master):
         # Claimed here so the per-batch rows can be found by the job's app id afterwards.
-        job = make_job(spec, "replay", checkpoint=str(checkpoint), tables_root=str(tables))
+        job = make_job(spec, IngestMode.REPLAY, checkpoint=str(checkpoint), tables_root=str(tables))
         args = ingest_args(
             STREAM,
-            "replay",
+            IngestMode.REPLAY,
             starting="earliest",
             checkpoint=str(checkpoint),
             tables_root=str(tables),
@@ -142,7 +142,7 @@ def replay(
     bronze = _bronze_rows(job.tables["bronze"])
     if bronze != expected:
         raise RuntimeError(f"{label}: bronze holds {bronze} rows, expected {expected}")
-    batches = _batches(job.batches_path, job.app_id)
+    batches = _batches(job.batches_path, job.txn_app_id)
     reconciles = (
         all(
             b["records_in"] + (b["resolved"] or 0)

@@ -50,17 +50,19 @@ def table_growth(spark: SparkSession, spec: StreamSpec, root: Path, big_tables: 
     """
     import statistics
 
-    from riverdelta.stream import ingest
+    from riverdelta.config.registry import parse_duration
+    from riverdelta.stream.batch import process_batch
+    from riverdelta.stream.job import IngestMode, make_job
 
     spec = dataclasses.replace(spec, gold=())
-    base = datetime.now(UTC) + 3 * ingest.parse_duration(spec.watermark)
+    base = datetime.now(UTC) + 3 * parse_duration(spec.watermark)
     sc = spark.sparkContext
     tracker = sc.statusTracker()
     found: dict[str, Any] = {}
     for name, tables_root in (("small", str(root / "small")), ("large", big_tables)):
-        job = ingest.make_job(
+        job = make_job(
             spec,
-            "live",
+            IngestMode.LIVE,
             checkpoint=str(root / f"cp-{name}"),
             tables_root=tables_root,
             ops_root=str(root / f"ops-{name}"),
@@ -68,7 +70,7 @@ def table_growth(spark: SparkSession, spec: StreamSpec, root: Path, big_tables: 
         offset = 10_000_000
         if name == "small":
             seed_df = _synthetic_batch(spark, spec, GROWTH_SMALL, 500, base - timedelta(hours=1), 0)
-            ingest.process_batch(job, seed_df, 0)
+            process_batch(job, seed_df, 0)
             seed_df.unpersist()
         rows = [
             spark.read.format("delta").load(job.tables["silver"]).count(),
@@ -83,7 +85,7 @@ def table_growth(spark: SparkSession, spec: StreamSpec, root: Path, big_tables: 
             group = f"growth-{name}-{i}"
             sc.setJobGroup(group, group)
             t = now()
-            ingest.process_batch(job, df, 1 + i)
+            process_batch(job, df, 1 + i)
             seconds = now() - t
             sc.setJobGroup("", "")
             batches.append(

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from riverdelta.config.registry import StreamSpec
 
 
-def commit_times(table: str, app_id: str) -> dict[int, float]:
+def commit_times(table: str, txn_app_id: str) -> dict[int, float]:
     """batch id -> commit timestamp (s) of the Delta version that batch's write created.
 
     Read from the transaction log: every ingest write carries txn (appId, version =
@@ -28,7 +28,7 @@ def commit_times(table: str, app_id: str) -> dict[int, float]:
         txn = stamp = None
         for line in entry.read_text().splitlines():
             action = json.loads(line)
-            if "txn" in action and action["txn"].get("appId") == app_id:
+            if "txn" in action and action["txn"].get("appId") == txn_app_id:
                 txn = int(action["txn"]["version"])
             if "commitInfo" in action:
                 stamp = action["commitInfo"].get("inCommitTimestamp") or action["commitInfo"].get(
@@ -153,7 +153,9 @@ def _gold_latency(
     """Per gold table: Kafka timestamp -> the first gold commit reflecting the row's batch."""
     gold = {}
     for g in spec.gold:
-        gold_commits = reflected_at(commits, commit_times(job.tables[f"gold_{g.name}"], job.app_id))
+        gold_commits = reflected_at(
+            commits, commit_times(job.tables[f"gold_{g.name}"], job.txn_app_id)
+        )
         ghist = latency_histogram(spark, job.tables["silver"], gold_commits)
         gold[g.name] = {
             "p50_seconds": percentile(ghist, 0.50),
@@ -182,7 +184,7 @@ def live_latency(
     finally:
         query.stop()
         stop_gold(job)
-    commits = commit_times(job.tables["silver"], job.app_id)
+    commits = commit_times(job.tables["silver"], job.txn_app_id)
     hist = latency_histogram(spark, job.tables["silver"], commits)
     gold = _gold_latency(spark, spec, job, commits)
     sent, drain = fed["sent"], fed["drain"]

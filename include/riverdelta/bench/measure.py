@@ -129,7 +129,9 @@ def table_counts(spark: SparkSession, job: Any) -> dict[str, int]:
         layer: spark.read.format("delta").load(path).count()
         for layer, path in job.tables.paths.items()
     }
-    mine = spark.read.format("delta").load(job.batches_path).where(F.col("app_id") == job.app_id)
+    mine = (
+        spark.read.format("delta").load(job.batches_path).where(F.col("app_id") == job.txn_app_id)
+    )
     row = mine.agg(F.sum("duplicates"), F.sum("silver"), F.sum("quarantined")).first()
     counts["duplicates_counted"] = int(row[0] or 0)
     counts["reconciles"] = int(counts["bronze"] == sum(int(x or 0) for x in row))
@@ -140,11 +142,11 @@ def replay(
     spark: SparkSession, spec: StreamSpec, root: Path, expected: int, *, default_tables: bool
 ) -> dict[str, Any]:
     """Riverdelta's backfill path; ``default_tables``: the lake's own (the ones quality validates)."""
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import IngestMode, make_job
 
     job = make_job(
         spec,
-        "replay",
+        IngestMode.REPLAY,
         checkpoint=str(root / "_checkpoints" / "bench-replay"),
         tables_root=None if default_tables else str(root / "tables"),
         ops_root=None if default_tables else str(root / "_ops"),
@@ -196,11 +198,11 @@ def lag(job: Any, topic: str, bootstrap: str) -> int:
 
 
 def live_job(spec: StreamSpec, root: Path) -> Any:
-    from riverdelta.stream.ingest import make_job
+    from riverdelta.stream.job import IngestMode, make_job
 
     return make_job(
         spec,
-        "live",
+        IngestMode.LIVE,
         checkpoint=str(root / "_checkpoint"),
         tables_root=str(root / "tables"),
         ops_root=str(root / "_ops"),

@@ -1,4 +1,4 @@
-"""Where the time of ``ingest.process_batch`` goes: every Spark action, by its line."""
+"""Where the time of ``batch.process_batch`` goes: every Spark action, by the step that made it."""
 
 from __future__ import annotations
 
@@ -15,20 +15,22 @@ if TYPE_CHECKING:
 
 
 class BatchProfiler:
-    """Times every Spark action ``ingest.process_batch`` makes, by its line in ingest.py.
+    """Times every Spark action ``batch.process_batch`` makes, by the step that made it.
 
     Wraps the actions (count / collect / first, Delta writes, merges, table
-    probes) and ``process_batch`` itself; an action is charged to the innermost
-    ingest.py frame that called it, with the Spark jobs it started (the
+    probes) and ``process_batch`` itself; an action is charged to the step of the
+    batch (the function ``process_batch`` called, or its own line) and to the
+    innermost frame of the batch's modules (``stream/batch.py``,
+    ``stream/delta_sink.py``) that called it, with the Spark jobs it started (the
     streaming query's job group, read through the status tracker).
     """
 
     def __init__(self, spark: SparkSession) -> None:
-        from riverdelta.stream import ingest
+        from riverdelta.stream import batch, delta_sink
 
         self.sc = spark.sparkContext
-        self.ingest = ingest
-        self.ingest_file = ingest.__file__
+        self.batch = batch
+        self.batch_files = {batch.__file__, delta_sink.__file__}
         self.sites: dict[str, dict[str, float]] = {}
         self.batches: list[dict[str, Any]] = []
         self._local = threading.local()
@@ -39,19 +41,21 @@ class BatchProfiler:
         return set(self.sc.statusTracker().getJobIdsForGroup(group))
 
     def _site(self, action: str, args: tuple) -> str | None:
-        """``<statement in process_batch> [<function in ingest.py that ran it>.<action>]``."""
+        """``<statement of the batch's step> [<function of the batch that ran it>.<action>]``."""
         frames = []
         frame = sys._getframe(2)
         while frame is not None:
-            if frame.f_code.co_filename == self.ingest_file:
+            if frame.f_code.co_filename in self.batch_files:
                 frames.append(frame)
             frame = frame.f_back
         if not frames:
             return None
-        # The statement being run in process_batch says which step of the batch this is.
-        outer = next((f for f in frames if f.f_code.co_name == "process_batch"), frames[-1])
+        # The statement being run in the step process_batch called (or in process_batch
+        # itself) says which step of the batch this is.
+        top = next((i for i, f in enumerate(frames) if f.f_code.co_name == "process_batch"), None)
+        outer = frames[-1] if top is None else frames[max(top - 1, 0)]
         inner = frames[0]
-        text = linecache.getline(self.ingest_file, outer.f_lineno).strip()[:60]
+        text = linecache.getline(outer.f_code.co_filename, outer.f_lineno).strip()[:60]
         target = f" -> {Path(str(args[1])).name}" if action == "save" and len(args) > 1 else ""
         return (
             f"{outer.f_code.co_name}:{outer.f_lineno} {text} "
@@ -101,14 +105,14 @@ class BatchProfiler:
             (DeltaTable, "isDeltaTable"),
         ):
             self._wrap_action(owner, name)
-        original = self.ingest.process_batch
+        original = self.batch.process_batch
 
         def process_batch(job: Any, raw_df: Any, batch_id: int) -> dict:
             before, t = self._jobs(), now()
             counts = original(job, raw_df, batch_id)
             self.batches.append(
                 {
-                    "mode": job.mode,
+                    "mode": str(job.mode),
                     "batch_id": batch_id,
                     "records": counts.get("records_in", 0),
                     "seconds": round(now() - t, 3),
@@ -117,9 +121,9 @@ class BatchProfiler:
             )
             return counts
 
-        # start_query's foreachBatch looks process_batch up in the module at call time.
-        self._restore.append((self.ingest, "process_batch", original))
-        self.ingest.process_batch = process_batch
+        # start_query's foreachBatch looks process_batch up in its module at call time.
+        self._restore.append((self.batch, "process_batch", original))
+        self.batch.process_batch = process_batch
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -318,7 +318,7 @@ class loading and code generation are not charged to whichever phase runs first)
   and MB/s of key + value bytes. Nothing is decoded or written.
 - **naive Spark**: `readStream.format("kafka")` → `select("value")` → Delta append,
   `Trigger.AvailableNow`, fresh checkpoint; wall time from `start()` to termination.
-- **Riverdelta replay**: `ingest.make_job(spec, "replay")` + `start_query(...,
+- **Riverdelta replay**: `job.make_job(spec, IngestMode.REPLAY)` + `start_query(...,
   starting="earliest")` (AvailableNow, no `maxOffsetsPerTrigger`, as `riverdelta run
   --mode replay` defaults): bronze, silver, quarantine, gold and `_ops/ingest_batches`;
   wall time from `start_query` to termination, start-up included. Bronze must hold

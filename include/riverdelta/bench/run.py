@@ -6,7 +6,7 @@ ports), produces one fixed dataset, and times on that same data:
 - the limit: a raw confluent-kafka consumer reading the whole topic;
 - a naive baseline: plain Spark Kafka source -> Delta append of the raw value
   (``Trigger.AvailableNow``);
-- Riverdelta's replay (``ingest.make_job(..., "replay")`` + ``start_query``:
+- Riverdelta's replay (``job.make_job(..., IngestMode.REPLAY)`` + ``start_query``:
   bronze, silver, quarantine, gold and the per-batch counts);
 - the live maximum: the live query (the registry's processing-time trigger)
   started on the same backlog, timed until its last committed batch covers the

@@ -44,7 +44,9 @@ class Deployment:
     launcher: str
     pid: int | None = None
     start_ticks: int | None = None
-    app_id: str | None = None  # Spark (local-…, app-…), YARN (application_…) or K8s (spark-…) id
+    spark_app_id: str | None = (
+        None  # Spark (local-…, app-…), YARN (application_…) or K8s (spark-…) id
+    )
     submission_id: str | None = None  # K8s "namespace:driver-pod"
     log: str | None = None
     master: str = ""
@@ -54,14 +56,25 @@ class Deployment:
     # The driver log is appended across restarts; the app id is searched after this offset only.
     log_offset: int = 0
 
+    @property
+    def deployment_id(self) -> str | None:
+        """What names the driver to its cluster manager: the Spark app id, else the K8s submission."""
+        return self.spark_app_id or self.submission_id
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {_STORED_KEYS.get(k, k): v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Deployment:
         known = {f.name for f in dataclasses.fields(cls)}
+        fields = {_FIELDS.get(k, k): v for k, v in data.items()}
         # Unknown keys are ignored so a record written by a newer version still loads.
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in fields.items() if k in known})
+
+
+# Field -> key in the stored deployment (the state files): records already written still load.
+_STORED_KEYS = {"spark_app_id": "app_id"}
+_FIELDS = {v: k for k, v in _STORED_KEYS.items()}
 
 
 # --------------------------------------------------------------------------- secrets
@@ -292,8 +305,8 @@ class LocalLauncher(Launcher):
 
     def application_id(self, dep: Deployment) -> str | None:
         """The Spark app id, read from the driver log when first asked (never waited for)."""
-        if dep.app_id or not dep.log:
-            return dep.app_id
+        if dep.spark_app_id or not dep.log:
+            return dep.spark_app_id
         try:
             with open(dep.log, "rb") as f:
                 f.seek(dep.log_offset)
@@ -303,8 +316,10 @@ class LocalLauncher(Launcher):
         return application_id_from_log(text)
 
     def refresh(self, dep: Deployment) -> Deployment:
-        app_id = self.application_id(dep)
-        return dataclasses.replace(dep, app_id=app_id) if app_id != dep.app_id else dep
+        spark_app_id = self.application_id(dep)
+        if spark_app_id == dep.spark_app_id:
+            return dep
+        return dataclasses.replace(dep, spark_app_id=spark_app_id)
 
     def stop(self, dep: Deployment, timeout: float = 30) -> None:
         info = self._info(dep)
@@ -464,7 +479,7 @@ class KubernetesLauncher(_ClusterLauncher):
     def launch(self, stream: str, cmd: list[str], env: dict[str, str], log: Path) -> Deployment:
         started = time.time()
         cmd, out = self._submit(stream, cmd, env, log)
-        app_id, submission_id = parse_k8s_submission(out)
+        spark_app_id, submission_id = parse_k8s_submission(out)
         if submission_id is None:
             raise RuntimeError(
                 f"spark-submit of {stream} succeeded but printed no submission id, so the driver "
@@ -474,7 +489,7 @@ class KubernetesLauncher(_ClusterLauncher):
         return Deployment(
             stream=stream,
             launcher=self.name,
-            app_id=app_id,
+            spark_app_id=spark_app_id,
             submission_id=submission_id,
             log=str(log),
             master=submit_option(cmd, "--master") or "",
@@ -549,8 +564,8 @@ class YarnLauncher(_ClusterLauncher):
     def launch(self, stream: str, cmd: list[str], env: dict[str, str], log: Path) -> Deployment:
         started = time.time()
         cmd, out = self._submit(stream, cmd, env, log)
-        app_id = parse_yarn_submission(out)
-        if app_id is None:
+        spark_app_id = parse_yarn_submission(out)
+        if spark_app_id is None:
             raise RuntimeError(
                 f"spark-submit of {stream} succeeded but printed no YARN application id, so the "
                 f"driver cannot be tracked; check `yarn application -list` and the output in {log}"
@@ -558,20 +573,20 @@ class YarnLauncher(_ClusterLauncher):
         return Deployment(
             stream=stream,
             launcher=self.name,
-            app_id=app_id,
+            spark_app_id=spark_app_id,
             log=str(log),
             master=submit_option(cmd, "--master") or "yarn",
             started_at=started,
         )
 
     def status_command(self, dep: Deployment) -> list[str]:
-        return [self.yarn, "application", "-status", dep.app_id or ""]
+        return [self.yarn, "application", "-status", dep.spark_app_id or ""]
 
     def kill_command(self, dep: Deployment) -> list[str]:
-        return [self.yarn, "application", "-kill", dep.app_id or ""]
+        return [self.yarn, "application", "-kill", dep.spark_app_id or ""]
 
     def status(self, dep: Deployment) -> str:
-        if not dep.app_id:
+        if not dep.spark_app_id:
             return UNKNOWN
         try:
             proc = self._run(self.status_command(dep))
@@ -580,16 +595,16 @@ class YarnLauncher(_ClusterLauncher):
         return parse_yarn_status(_output(proc))
 
     def stop(self, dep: Deployment, timeout: float = 30) -> None:
-        if not dep.app_id:
+        if not dep.spark_app_id:
             return
         proc = self._run(self.kill_command(dep), timeout=max(timeout, 30))
         out = _output(proc)
         # Killing an application that already ended is not an error worth failing a stop for.
         if proc.returncode != 0 and "already finished" not in out:
             raise RuntimeError(
-                f"killing {dep.app_id} failed (exit {proc.returncode}): {out[-2000:]}"
+                f"killing {dep.spark_app_id} failed (exit {proc.returncode}): {out[-2000:]}"
             )
-        self._poll_stopped(dep, timeout, f"YARN application {dep.app_id}")
+        self._poll_stopped(dep, timeout, f"YARN application {dep.spark_app_id}")
 
 
 # --------------------------------------------------------------------------- choice

@@ -18,6 +18,7 @@ from pathlib import Path
 from riverdelta.config.settings import PROJECT_ROOT, settings
 from riverdelta.launch.spark import spark_conf
 from riverdelta.storage import files
+from riverdelta.stream.job import IngestMode
 
 INGEST_APP = PROJECT_ROOT / "spark_apps" / "ingest.py"
 
@@ -40,7 +41,9 @@ def package_zip() -> Path:
 
 def add_ingest_arguments(parser) -> None:
     """The ingest options shared by `riverdelta run` and `spark_apps/ingest.py`."""
-    parser.add_argument("--mode", choices=["live", "replay"], default="live")
+    # Plain strings (an IngestMode compares equal): argparse's own refusal of another value.
+    modes = [m.value for m in IngestMode]
+    parser.add_argument("--mode", choices=modes, default=IngestMode.LIVE.value)
     parser.add_argument(
         "--from",
         dest="starting",
@@ -63,7 +66,7 @@ def add_ingest_arguments(parser) -> None:
 
 def ingest_args(
     stream: str,
-    mode: str,
+    mode: IngestMode | str,
     *,
     starting: str | None = None,
     max_offsets_per_trigger: int | None = None,
@@ -73,7 +76,7 @@ def ingest_args(
     until: str | None = None,
     skip_present: bool = False,
 ) -> list[str]:
-    args = ["--stream", stream, "--mode", mode, "--registry", str(settings().streams_file)]
+    args = ["--stream", stream, "--mode", str(mode), "--registry", str(settings().streams_file)]
     if skip_present:
         args.append("--skip-present")
     for flag, value in (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from riverdelta.config.registry import StreamSpec, load_registry
 from riverdelta.config.settings import settings
@@ -70,30 +70,34 @@ def actual_state(state: ops.StreamState) -> str:
 
 def refreshed_deployment(state: ops.StreamState) -> dict[str, Any] | None:
     """The deployment with what the launcher learnt since (e.g. the Spark app id from the log)."""
-    if not state.deployment or state.deployment.get("app_id"):
+    if not state.deployment or _deployment(state.deployment).spark_app_id:
         return state.deployment
     return _launcher(state.deployment).refresh(_deployment(state.deployment)).to_dict()
 
 
-def launch(stream: str) -> dict[str, Any]:
+def _launch(stream: str) -> dict[str, Any]:
     from riverdelta.airflow.env import ensure_airflow_env
     from riverdelta.launch.submit import build_command, ingest_args, submit_env
 
     spec = _spec(stream)
     ensure_airflow_env()  # the hook resolves the Spark connection from AIRFLOW_CONN_SPARK_DEFAULT
     from riverdelta.storage.lake import stream_location
+    from riverdelta.stream.job import IngestMode
 
     where = stream_location(spec.name)
     args = ingest_args(
-        spec.name, "live", checkpoint=where["checkpoint"], tables_root=where["tables_root"]
+        spec.name,
+        IngestMode.LIVE,
+        checkpoint=where["checkpoint"],
+        tables_root=where["tables_root"],
     )
-    cmd = build_command(args, name=f"riverdelta-{spec.name}-live")
+    cmd = build_command(args, name=f"riverdelta-{spec.name}-{IngestMode.LIVE}")
     log = settings().log_dir / f"stream-{spec.name}.log"
     dep = _launcher().launch(spec.name, cmd, submit_env(), log)
     return dep.to_dict()
 
 
-def _stop_deployment(state: ops.StreamState) -> bool:
+def _stop_driver(state: ops.StreamState) -> bool:
     dep = _deployment(state.deployment)
     if dep is None:
         return False
@@ -105,7 +109,7 @@ def _stop_deployment(state: ops.StreamState) -> bool:
     return was_running
 
 
-def deployment_change(expected: dict[str, Any] | None, new: dict[str, Any] | None):
+def _deployment_change(expected: dict[str, Any] | None, new: dict[str, Any] | None):
     """A state change: ``new`` replaces the deployment if it is still ``expected``.
 
     A writer that stopped or started a driver records it only over the deployment it
@@ -121,11 +125,78 @@ def deployment_change(expected: dict[str, Any] | None, new: dict[str, Any] | Non
     return change
 
 
-def stop_deployment(stream: str, deployment: dict[str, Any] | None) -> bool:
+def _stop_deployment(stream: str, deployment: dict[str, Any] | None) -> bool:
     """Stop ``deployment`` and forget it in the state, unless another was recorded since."""
-    stopped = _stop_deployment(ops.StreamState(stream, deployment=deployment))
-    ops.update_state(stream, deployment_change(deployment, None))
+    stopped = _stop_driver(ops.StreamState(stream, deployment=deployment))
+    ops.update_state(stream, _deployment_change(deployment, None))
     return stopped
+
+
+# --------------------------------------------------------------------------- hand-over
+# A backfill moves the live stream onto rebuilt tables through these three. Every save
+# is a compare-and-swap of one field group: an operator's stop during the hand-over
+# (desired STOPPED) is not undone by the hand-over's saves.
+
+
+class Paused:
+    """The stream's driver stopped and reconcile holding off, until the ``with`` block ends.
+
+    ``was_running``: the driver ran when it was stopped; ``paused_at``: when reconcile
+    started to leave the stream alone (for the hand-over's pause time).
+    """
+
+    def __init__(self, stream: str, by: str) -> None:
+        self.stream, self.by = stream, by
+        self.was_running = False
+        self.paused_at = 0.0
+
+    def __enter__(self) -> Paused:
+        def mark(s: ops.StreamState) -> dict[str, Any] | None:
+            s.paused_by = self.by  # reconcile leaves the stream alone meanwhile
+            return s.deployment
+
+        deployment = ops.update_state(self.stream, mark)
+        self.paused_at = time.time()
+        try:
+            self.was_running = _stop_deployment(self.stream, deployment)
+        except BaseException:
+            self._unpause()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._unpause()
+
+    def _unpause(self) -> None:
+        def unpause(s: ops.StreamState) -> None:
+            s.paused_by = None
+
+        ops.update_state(self.stream, unpause)
+
+
+def pause(stream: str, by: str) -> Paused:
+    """``with pause(stream, run_id) as paused:`` the driver is down and reconcile waits."""
+    return Paused(stream, by)
+
+
+def move(stream: str, tables_root: str, checkpoint: str, by: str) -> bool:
+    """Point the stream at other tables and checkpoint; whether it should run (desired RUNNING)."""
+    from riverdelta.storage.lake import set_stream_location
+
+    set_stream_location(stream, tables_root, checkpoint, by=by)
+
+    def fresh_tables(s: ops.StreamState) -> bool:
+        s.announced_versions = {}  # versions of the new tables start afresh
+        return s.desired == ops.RUNNING
+
+    return ops.update_state(stream, fresh_tables)
+
+
+def resume(stream: str) -> dict[str, Any]:
+    """Start a driver at the stream's location and record it; the new deployment."""
+    deployment = _launch(stream)
+    ops.update_state(stream, _deployment_change(None, deployment))
+    return deployment
 
 
 def deploy(stream: str, actor: str = "") -> dict[str, Any]:
@@ -133,7 +204,7 @@ def deploy(stream: str, actor: str = "") -> dict[str, Any]:
     state = ops.load_state(name)
     started = actual_state(state) != "RUNNING"
     # Slow and one-off: outside the state change, which may be applied more than once.
-    launched = launch(stream) if started else None
+    launched = _launch(stream) if started else None
 
     def change(s: ops.StreamState) -> dict[str, Any] | None:
         s.desired, s.desired_at, s.desired_by = ops.RUNNING, time.time(), actor
@@ -157,7 +228,7 @@ def stop(stream: str, actor: str = "") -> dict[str, Any]:
         return s.deployment
 
     # The wish first: a reconcile that reads the state from now on leaves the stream down.
-    stopped = stop_deployment(name, ops.update_state(name, desire_stopped))
+    stopped = _stop_deployment(name, ops.update_state(name, desire_stopped))
     ops.record(stream, "stop", actor=actor, stopped=stopped)
     return {"stream": stream, "action": "stop", "stopped": stopped}
 
@@ -165,8 +236,8 @@ def stop(stream: str, actor: str = "") -> dict[str, Any]:
 def restart(stream: str, actor: str = "", reason: str = "operator") -> dict[str, Any]:
     name = _spec(stream).name
     old = ops.load_state(name).deployment
-    _stop_deployment(ops.StreamState(name, deployment=old))
-    launched = launch(stream)
+    _stop_driver(ops.StreamState(name, deployment=old))
+    launched = _launch(stream)
 
     def change(s: ops.StreamState) -> None:
         s.desired, s.crash_loop, s.deployment = ops.RUNNING, False, launched
@@ -178,23 +249,14 @@ def restart(stream: str, actor: str = "", reason: str = "operator") -> dict[str,
 
 def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[str, Any]:
     """Bring the stream to its desired state; restart with back-off; stop at a crash loop."""
-    from riverdelta.ops.health import compute_health, is_stuck
-
     spec = _spec(stream)
     now = time.time() if now is None else now
     state = ops.load_state(spec.name)
     if state.paused_by:
         # A rebuild is switching the stream to its new tables; acting now would race it.
-        return {
-            "stream": stream,
-            "desired": state.desired,
-            "action": "none",
-            "reason": f"hand-over in progress ({state.paused_by})",
-        }
-    filled = refreshed_deployment(state)
-    if filled != state.deployment:
-        ops.update_state(spec.name, deployment_change(state.deployment, filled))
-        state.deployment = filled
+        reason = f"hand-over in progress ({state.paused_by})"
+        return {"stream": stream, "desired": state.desired, "action": "none", "reason": reason}
+    _refresh_deployment(spec.name, state)
     actual = actual_state(state)
     result: dict[str, Any] = {
         "stream": stream,
@@ -202,17 +264,43 @@ def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[st
         "actual": actual,
         "action": "none",
     }
-
     if state.desired == ops.STOPPED:
         if actual == "RUNNING":
-            stop_deployment(spec.name, state.deployment)
+            _stop_deployment(spec.name, state.deployment)
             ops.record(stream, "stop", actor=actor, reason="desired state is STOPPED")
             result["action"] = "stopped"
         return result
-
     if state.crash_loop:
         raise CrashLoopError(_crash_loop_message(spec, state))
+    reason = _restart_reason(spec, state, actual, now)
+    if reason is None:
+        return result
+    policy = RestartPolicy.for_stream(spec)
+    recent = [t for t in state.restarts if now - t < policy.window_seconds]
+    if len(recent) >= policy.max_restarts:
+        _enter_crash_loop(stream, spec, state, recent, actor)
+    wait = policy.backoff(len(recent))
+    if recent and now - recent[-1] < wait:
+        retry_in = round(wait - (now - recent[-1]), 1)
+        result.update(action="backoff", retry_in_seconds=retry_in, reason=reason)
+        return result
+    attempt = _restart_driver(stream, spec, state, [*recent, now], actor, reason)
+    result.update(action="restarted", reason=reason, attempt=attempt)
+    return result
 
+
+def _refresh_deployment(name: str, state: ops.StreamState) -> None:
+    """Record what the launcher learnt about the driver since (over the same deployment only)."""
+    filled = refreshed_deployment(state)
+    if filled != state.deployment:
+        ops.update_state(name, _deployment_change(state.deployment, filled))
+        state.deployment = filled
+
+
+def _restart_reason(
+    spec: StreamSpec, state: ops.StreamState, actual: str, now: float
+) -> str | None:
+    """Why the driver of a stream that should run needs a restart; None if it is fine."""
     if actual == "UNKNOWN":
         # The driver may be alive where we cannot see it (another host, cluster API down):
         # a second driver on the same checkpoint would be worse than waiting.
@@ -220,54 +308,59 @@ def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[st
             f"stream {spec.name}: the state of its driver is UNKNOWN ({state.deployment}); not "
             "restarting it blindly. Check the cluster manager, then trigger action=restart."
         )
-    reason = None
     if actual != "RUNNING":
-        reason = "driver dead"
-    else:
-        from riverdelta.storage.lake import live_checkpoint
+        return "driver dead"
+    from riverdelta.ops.health import compute_health, is_stuck
+    from riverdelta.storage.lake import live_checkpoint
 
-        health = compute_health(
-            live_checkpoint(spec.name), settings().kafka_bootstrap, spec.source, now=now
-        )
-        if is_stuck(health, spec.health["max_batch_age_seconds"]):
-            reason = f"stuck: last batch {health.last_batch_age_seconds:.0f}s ago while lag is {health.lag_records}"
-    if reason is None:
-        return result
+    health = compute_health(
+        live_checkpoint(spec.name), settings().kafka_bootstrap, spec.source, now=now
+    )
+    if is_stuck(health, spec.health["max_batch_age_seconds"]):
+        return f"stuck: last batch {health.last_batch_age_seconds:.0f}s ago while lag is {health.lag_records}"
+    return None
 
-    policy = RestartPolicy.for_stream(spec)
-    recent = [t for t in state.restarts if now - t < policy.window_seconds]
-    if len(recent) >= policy.max_restarts:
-        state.crash_loop = True
-        state.last_error = _driver_error(state)
 
-        def crash_looped(s: ops.StreamState) -> None:
-            s.crash_loop, s.last_error = True, state.last_error
+def _enter_crash_loop(
+    stream: str, spec: StreamSpec, state: ops.StreamState, recent: list[float], actor: str
+) -> NoReturn:
+    """Too many restarts in the window: suspend restarts, alert, raise."""
+    state.crash_loop = True
+    state.last_error = _driver_error(state)
 
-        ops.update_state(spec.name, crash_looped)
-        ops.record(
-            stream,
-            "crash_loop",
-            outcome="alert",
-            actor=actor,
-            restarts=len(recent),
-            last_error=state.last_error,
-        )
-        raise CrashLoopError(_crash_loop_message(spec, state))
-    wait = policy.backoff(len(recent))
-    if recent and now - recent[-1] < wait:
-        result.update(
-            action="backoff", retry_in_seconds=round(wait - (now - recent[-1]), 1), reason=reason
-        )
-        return result
+    def crash_looped(s: ops.StreamState) -> None:
+        s.crash_loop, s.last_error = True, state.last_error
+
+    ops.update_state(spec.name, crash_looped)
+    ops.record(
+        stream,
+        "crash_loop",
+        outcome="alert",
+        actor=actor,
+        restarts=len(recent),
+        last_error=state.last_error,
+    )
+    raise CrashLoopError(_crash_loop_message(spec, state))
+
+
+def _restart_driver(
+    stream: str,
+    spec: StreamSpec,
+    state: ops.StreamState,
+    restarts: list[float],
+    actor: str,
+    reason: str,
+) -> int:
+    """Stop what is left of the driver, start a new one and record it; the attempt number."""
     last_error = _driver_error(state)
-    _stop_deployment(state)
-    launched = launch(stream)
-    state.deployment, state.restarts, state.last_error = launched, [*recent, now], last_error
+    _stop_driver(state)
+    launched = _launch(stream)
+    state.deployment, state.restarts, state.last_error = launched, restarts, last_error
 
     def restarted(s: ops.StreamState) -> None:
         # Recorded whatever happened meanwhile: a driver that runs must be known. If an
         # operator stopped the stream during the launch, the next reconcile stops it.
-        s.deployment, s.restarts, s.last_error = launched, state.restarts, last_error
+        s.deployment, s.restarts, s.last_error = launched, restarts, last_error
 
     ops.update_state(spec.name, restarted)
     ops.record(
@@ -275,11 +368,10 @@ def reconcile(stream: str, actor: str = "", now: float | None = None) -> dict[st
         "restart",
         actor=actor,
         reason=reason,
-        attempt=len(state.restarts),
+        attempt=len(restarts),
         last_error=last_error,
     )
-    result.update(action="restarted", reason=reason, attempt=len(state.restarts))
-    return result
+    return len(restarts)
 
 
 def _driver_error(state: ops.StreamState) -> str | None:

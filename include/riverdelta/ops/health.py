@@ -251,6 +251,23 @@ def watermarks(
     }
 
 
+def offsets_for_time(bootstrap: str, at: float, high: dict[TP, int]) -> dict[TP, int]:
+    """First offset per topic-partition of ``high`` whose timestamp is >= ``at`` (else its end)."""
+    from confluent_kafka import TopicPartition
+
+    consumer = _consumer(bootstrap)
+    try:
+        found = consumer.offsets_for_times(
+            [TopicPartition(t, p, int(at * 1000)) for t, p in high], timeout=10
+        )
+    finally:
+        consumer.close()
+    return {
+        (tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else high[(tp.topic, tp.partition)])
+        for tp in found
+    }
+
+
 def end_offsets(
     bootstrap: str, source: TopicSource | str, timeout: float = DEFAULT_TIMEOUT
 ) -> dict[TP, int]:

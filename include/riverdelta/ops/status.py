@@ -11,6 +11,7 @@ from riverdelta.ops import state as ops
 
 
 def stream_status(stream: str, now: float | None = None) -> dict[str, Any]:
+    from riverdelta.launch.launchers import Deployment
     from riverdelta.ops import control
     from riverdelta.ops.health import compute_health
     from riverdelta.storage.lake import live_checkpoint
@@ -39,7 +40,8 @@ def stream_status(stream: str, now: float | None = None) -> dict[str, Any]:
         "crash_loop": state.crash_loop,
         "launcher": dep.get("launcher"),
         "pid": dep.get("pid"),
-        "app_id": dep.get("app_id") or dep.get("submission_id"),
+        # The deployment's id, under the key the status report has always used.
+        "app_id": Deployment.from_dict(dep).deployment_id if dep else None,
         "log": dep.get("log"),
         "started_at": dep.get("started_at"),
         "restarts_in_window": len([t for t in state.restarts if now - t < window]),

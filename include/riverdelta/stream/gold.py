@@ -107,13 +107,13 @@ class GoldRefresher:
         spark: SparkSession,
         spec: StreamSpec,
         tables: dict[str, str],
-        app_id: str,
+        txn_app_id: str,
         interval: float,
-        retry,  # ingest.retry_conflicts (passed in: ingest imports this module)
+        retry,  # delta_sink.retry_conflicts (passed in: batch imports this module)
         lock: threading.Lock,
         sinks: dict | None = None,  # gold name -> sink.KafkaSink (live drivers only)
     ) -> None:
-        self.spark, self.spec, self.tables, self.app_id = spark, spec, tables, app_id
+        self.spark, self.spec, self.tables, self.txn_app_id = spark, spec, tables, txn_app_id
         self.interval, self._retry, self._write_lock = interval, retry, lock
         self.sinks = dict(sinks or {})
         self._pending: dict[str, set[int]] = {g.name: set() for g in spec.gold}
@@ -170,14 +170,14 @@ class GoldRefresher:
         # the sink sends what changed since its last committed marker.
         done += [s.resume_after() for s in self.sinks.values()]
         floor = min((d if d is not None else -1) for d in done)
-        newest = dt.transaction_version(self.app_id)
+        newest = dt.transaction_version(self.txn_app_id)
         if newest is None or newest <= floor:
             self.covered_batch = None if newest is None else int(newest)
             return
         rows = (
             self.spark.read.format("delta")
             .load(silver)
-            .where((F.col("_app_id") == self.app_id) & (F.col("_batch_id") > F.lit(floor)))
+            .where((F.col("_app_id") == self.txn_app_id) & (F.col("_batch_id") > F.lit(floor)))
         )
         et = F.col(self.spec.event_time_column)
         found = rows.agg(
@@ -200,7 +200,7 @@ class GoldRefresher:
 
         try:
             v = storage.delta_table(self.tables[f"gold_{gold.name}"]).transaction_version(
-                self.app_id
+                self.txn_app_id
             )
         except Exception:
             return None
@@ -259,7 +259,7 @@ class GoldRefresher:
                 rows, where = recompute(silver, self.spec, gold, starts)
                 writer = (
                     rows.write.format("delta")
-                    .option("txnAppId", self.app_id)
+                    .option("txnAppId", self.txn_app_id)
                     .option("txnVersion", batch)
                 )
                 with self._write_lock:

@@ -115,7 +115,7 @@ def encode_value(stream: str, gold: GoldSpec, row: dict, marker: Marker) -> byte
             "_gold": gold.name,
             "_refresh": marker.refresh,
             "_batch": marker.batch,
-            "_app_id": marker.app_id,
+            "_app_id": marker.txn_app_id,
         }
     )
     return _dumps(out)
@@ -134,19 +134,27 @@ class Marker:
     """The control record committed with each refresh's rows."""
 
     refresh: int  # committed refreshes of this sink, from 1: the records' ``_refresh``
-    app_id: str  # the ingest checkpoint's app id (batch ids restart with a new one)
+    txn_app_id: str  # the ingest checkpoint's txn app id (batch ids restart with a new one)
     batch: int  # newest ingest batch the refresh covers (gold's txn version)
     gold_version: int  # the gold table version the rows were read from
     records: int  # rows sent in this refresh
     windows: int  # windows the refresh looked at
 
     def encode(self, stream: str, gold: str) -> bytes:
-        return _dumps({**asdict(self), "stream": stream, "gold": gold})
+        return _dumps({**_stored(asdict(self)), "stream": stream, "gold": gold})
 
     @classmethod
     def decode(cls, raw: bytes) -> Marker:
         data = json.loads(raw)
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[_MARKER_KEYS.get(k, k)] for k in cls.__dataclass_fields__})
+
+
+# Field -> key in the marker records on Kafka: markers already committed keep loading.
+_MARKER_KEYS = {"txn_app_id": "app_id"}
+
+
+def _stored(fields: dict) -> dict:
+    return {_MARKER_KEYS.get(k, k): v for k, v in fields.items()}
 
 
 # --------------------------------------------------------------------------- the marker
@@ -217,12 +225,12 @@ class KafkaSink:
     """One gold table's transactional output; driven by the gold refresher's thread."""
 
     def __init__(
-        self, spec: StreamSpec, gold: GoldSpec, path: str, app_id: str, *, timeout: float = 60.0
+        self, spec: StreamSpec, gold: GoldSpec, path: str, txn_app_id: str, *, timeout: float = 60.0
     ) -> None:
         if gold.kafka_sink is None:
             raise ValueError(f"gold {gold.name!r} declares no kafka_sink")
         self.spec, self.gold, self.sink, self.path = spec, gold, gold.kafka_sink, path
-        self.app_id, self.timeout = app_id, timeout
+        self.txn_app_id, self.timeout = txn_app_id, timeout
         self.transactional_id = transactional_id(spec.name, gold)
         self.marker: Marker | None = None
         self._producer: Any = None
@@ -254,7 +262,7 @@ class KafkaSink:
     def resume_after(self) -> int | None:
         """The newest batch of this app that Kafka has been told about (None: none)."""
         m = self.marker
-        return m.batch if m is not None and m.app_id == self.app_id else None
+        return m.batch if m is not None and m.txn_app_id == self.txn_app_id else None
 
     def send(self, batch: int, starts: list[int]) -> int | None:
         """Send the changed rows of windows ``starts`` as refresh ``batch``; rows sent.
@@ -285,7 +293,7 @@ class KafkaSink:
         rows = changed_rows(self.gold, current, previous)
         marker = Marker(
             refresh=(self.marker.refresh if self.marker else 0) + 1,
-            app_id=self.app_id,
+            txn_app_id=self.txn_app_id,
             batch=batch,
             gold_version=int(table.version()),
             records=len(rows),
@@ -347,10 +355,10 @@ def _reason(exc: BaseException) -> str:
         return text
 
 
-def sinks_for(spec: StreamSpec, paths: dict[str, str], app_id: str) -> dict[str, KafkaSink]:
+def sinks_for(spec: StreamSpec, paths: dict[str, str], txn_app_id: str) -> dict[str, KafkaSink]:
     """gold name -> its sink, for the gold tables of ``spec`` that declare one."""
     return {
-        g.name: KafkaSink(spec, g, paths[f"gold_{g.name}"], app_id)
+        g.name: KafkaSink(spec, g, paths[f"gold_{g.name}"], txn_app_id)
         for g in spec.gold
         if g.kafka_sink is not None
     }
