@@ -48,6 +48,26 @@ def _counted(spark, job) -> int:
     )
 
 
+def _after_a_new_batch(checkpoint, info, rng, timeout: float = 300) -> None:
+    """Return once this driver has committed a batch, then a little later, so each kill
+    lands in a later batch's writes at a varied point (not in the JVM's start-up, which
+    tests nothing, and not after a fixed sleep that is long on a quiet machine)."""
+    from riverdelta.launch import procs
+    from riverdelta.ops.health import read_checkpoint
+
+    def last() -> int:
+        cp = read_checkpoint(checkpoint)
+        return -1 if cp is None or cp.last_committed_batch is None else cp.last_committed_batch
+
+    seen, deadline = last(), time.monotonic() + timeout
+    while last() <= seen:
+        assert procs.alive(info), procs.tail(info.log)
+        assert time.monotonic() < deadline, f"no batch committed in {timeout:.0f} s"
+        time.sleep(0.2)
+    time.sleep(rng.uniform(0, 3))
+    assert procs.alive(info), procs.tail(info.log)
+
+
 def _crash_loop(spark, kafka, topic, lake, tmp_path, *, events: int, kills: int, seed: int):
     from riverdelta.launch import procs
     from riverdelta.stream.job import make_job
@@ -61,8 +81,7 @@ def _crash_loop(spark, kafka, topic, lake, tmp_path, *, events: int, kills: int,
     info = start_live_driver(registry, lake, stream, name)
     try:
         for _ in range(kills):
-            time.sleep(rng.uniform(20, 35))
-            assert procs.alive(info), procs.tail(info.log)
+            _after_a_new_batch(lake / "cp", info, rng)
             os.killpg(info.pid, signal.SIGKILL)
             while procs.alive(info):
                 os.waitpid(info.pid, os.WNOHANG)
@@ -84,13 +103,15 @@ def _crash_loop(spark, kafka, topic, lake, tmp_path, *, events: int, kills: int,
     assert_invariants(spark, spec, job, summary)
 
 
-# Its own bounds: 3 kills 20-35 s apart, 600 s for the counts, 180 s for gold.
+# Its own bounds: 3 kills, each after a committed batch, 600 s for the counts, 180 s for gold.
 @pytest.mark.timeout(1200)
 def test_exactly_once_under_sigkill(spark, kafka, topic, lake, tmp_path):
     _crash_loop(spark, kafka, topic, lake, tmp_path, events=100_000, kills=3, seed=11)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # 8 kills 20-35 s apart, then the same 600 s + 180 s bounds
+@pytest.mark.timeout(
+    1800
+)  # 8 kills, each after a committed batch, then the same 600 s + 180 s bounds
 def test_exactly_once_under_many_sigkills(spark, kafka, topic, lake, tmp_path):
     _crash_loop(spark, kafka, topic, lake, tmp_path, events=200_000, kills=8, seed=12)
