@@ -322,6 +322,15 @@ def test_is_stuck():
     assert not is_stuck(Health(checked_at=NOW, last_batch_age_seconds=10_000.0), 300)
 
 
+def test_a_driver_younger_than_the_batch_age_is_not_stuck():
+    # Restarted over a backlog an hour after its last commit: give it the batch age to start.
+    old_commit = health_with(60_000, 3600.0, 3600.0)
+    assert not is_stuck(old_commit, 45, driver_up_seconds=30.0)
+    assert not is_stuck(old_commit, 45, driver_up_seconds=45.0)
+    assert is_stuck(old_commit, 45, driver_up_seconds=46.0)
+    assert is_stuck(health_with(10, 30.0, None), 45, driver_up_seconds=46.0)
+
+
 # --------------------------------------------------------------------------- imports
 
 
@@ -378,3 +387,15 @@ def test_watermarks_ask_both_ends_of_every_partition_at_once(monkeypatch):
     for parts, kwargs in admin.asked:
         assert parts == {0, 1}
         assert kwargs == {"isolation_level": IsolationLevel.READ_COMMITTED, "request_timeout": 4}
+
+
+def test_driver_up_counts_from_its_query_start():
+    from riverdelta.ops.health import STARTUP_ALLOWANCE_SECONDS, driver_up_seconds
+
+    started = NOW - 200
+    # The query started after this deployment: counted from the query's start.
+    assert driver_up_seconds(started, NOW - 30, NOW) == 30
+    # A query start from an earlier deployment does not count; the JVM gets its allowance.
+    assert driver_up_seconds(started, started - 5, NOW) == 200 - STARTUP_ALLOWANCE_SECONDS
+    assert driver_up_seconds(NOW - 60, None, NOW) == 0
+    assert driver_up_seconds(None, NOW - 30, NOW) is None

@@ -138,6 +138,17 @@ def test_terminated_record():
     assert fresh["last_exception"] is None
 
 
+def test_started_record_carries_the_last_error_and_marks_the_start():
+    failed = terminated_record(
+        progress_record(PROGRESS, None), query_id="q", run_id="r", exception="boom", now=100.0
+    )
+    started = listener.started_record(failed, query_id="q", run_id="r2", now=150.0)
+    assert started["query_started_at"] == 150.0 and started["terminated_at"] is None
+    assert started["last_exception"] == "boom" and started["run_id"] == "r2"
+    # Progress events keep the start: the grace counts from it, not from the last batch.
+    assert progress_record(PROGRESS, started)["query_started_at"] == 150.0
+
+
 def test_write_atomic_round_trip(tmp_path):
     path = tmp_path / "progress" / "orders.json"
     write_atomic(path, {"batch_id": 1})

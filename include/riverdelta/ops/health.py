@@ -329,6 +329,7 @@ class Health:
     processed_rows_per_second: float | None = None
     last_exception: str | None = None
     kafka_error: str | None = None
+    query_started_at: float | None = None  # the driver's query last (re)started, by its listener
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -414,6 +415,7 @@ def assemble_health(
         input_rows_per_second=_rate(progress.get("input_rows_per_second")),
         processed_rows_per_second=_rate(progress.get("processed_rows_per_second")),
         last_exception=progress.get("last_exception"),
+        query_started_at=_rate(progress.get("query_started_at")),
         kafka_error=kafka_error,
     )
 
@@ -478,13 +480,43 @@ def compute_health(
 # --------------------------------------------------------------------------- thresholds
 
 
-def is_stuck(health: Health, max_batch_age_seconds: float) -> bool:
-    """No batch committed for too long while records wait: restarting may help."""
+def is_stuck(
+    health: Health, max_batch_age_seconds: float, driver_up_seconds: float | None = None
+) -> bool:
+    """No batch committed for too long while records wait: restarting may help.
+
+    A driver up for less than the allowed batch age (``driver_up_seconds``) is never
+    stuck: the last commit may predate it by far (the stream was stopped while
+    records piled up), and a restart now would only throw away its JVM start and
+    its first batch.
+    """
     if not health.lag_records:
+        return False
+    if driver_up_seconds is not None and driver_up_seconds <= max_batch_age_seconds:
         return False
     age = health.last_batch_age_seconds
     # Never committed with records waiting: stuck once it has had the same time to start.
     return age is None or age > max_batch_age_seconds
+
+
+# A JVM, its jars and the Kafka start position take 15-60 s here before the query runs.
+STARTUP_ALLOWANCE_SECONDS = 120.0
+
+
+def driver_up_seconds(
+    started_at: float | None, query_started_at: float | None, now: float
+) -> float | None:
+    """How long the driver has had to commit a batch; None when nothing says it started.
+
+    Counted from its query's start (the listener's record) once the query started
+    after this deployment; before that, from the process start less a start-up
+    allowance, so a driver whose JVM never gets to its query is still caught.
+    """
+    if not started_at:
+        return None
+    if query_started_at and query_started_at >= started_at:
+        return max(0.0, now - query_started_at)
+    return max(0.0, now - started_at - STARTUP_ALLOWANCE_SECONDS)
 
 
 def check_thresholds(

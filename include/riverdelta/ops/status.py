@@ -56,18 +56,17 @@ def progress_file(stream: str):
 
 
 def breaches(report: dict[str, Any]) -> list[str]:
-    from riverdelta.ops.health import Health, check_thresholds
+    from riverdelta.ops.health import Health, check_thresholds, driver_up_seconds
 
     if report["desired"] != ops.RUNNING:
         return []
     t = report["thresholds"]
-    started = report.get("started_at")
-    if started and time.time() - started < t["max_batch_age_seconds"]:
+    health = Health.from_dict(report)
+    up = driver_up_seconds(report.get("started_at"), health.query_started_at, time.time())
+    if up is not None and up < t["max_batch_age_seconds"]:
         # A driver that has just (re)started has had no chance to commit a batch yet.
         return []
-    return check_thresholds(
-        Health.from_dict(report), t["max_lag_seconds"], t["max_batch_age_seconds"]
-    )
+    return check_thresholds(health, t["max_lag_seconds"], t["max_batch_age_seconds"])
 
 
 def raise_on_breach(report: dict[str, Any], actor: str = "") -> None:

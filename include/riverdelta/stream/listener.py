@@ -53,7 +53,15 @@ def progress_record(
         "last_exception": previous.get("last_exception"),
         "last_exception_detail": previous.get("last_exception_detail"),
         "last_exception_at": previous.get("last_exception_at"),
+        "query_started_at": previous.get("query_started_at"),
     }
+
+
+def started_record(previous: dict[str, Any] | None, *, query_id: str, run_id: str, now: float):
+    """The file's content when the query (re)starts: the health check's grace counts from here."""
+    record = dict(previous or {})
+    record.update(query_id=query_id, run_id=run_id, query_started_at=now, terminated_at=None)
+    return record
 
 
 _EXCEPTION_LINE = re.compile(r"^(?:Caused by: )?[A-Za-z_][\w.$]*(?:Error|Exception|Exit)\b")
@@ -205,7 +213,18 @@ def make_progress_listener(path: Path) -> Any:
             self.last = record
 
         def onQueryStarted(self, event: Any) -> None:
-            pass
+            try:
+                with self.lock:
+                    self._write(
+                        started_record(
+                            self.last,
+                            query_id=str(event.id),
+                            run_id=str(event.runId),
+                            now=time.time(),
+                        )
+                    )
+            except Exception:
+                log.exception("could not write the progress file %s", self.path)
 
         def onQueryProgress(self, event: Any) -> None:
             # A failing listener must never take the stream down with it.
