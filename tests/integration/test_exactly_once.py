@@ -23,11 +23,16 @@ from tests.integration.ingest_helpers import (
 pytestmark = pytest.mark.integration
 
 
-def _registry_on_topic(tmp_path, stream: str, topic: str):
+def _registry_on_topic(tmp_path, stream: str, topic: str, max_offsets_per_trigger: int):
     from riverdelta.config.settings import settings
 
     data = yaml.safe_load(settings().streams_file.read_text())
-    data["streams"] = {stream: {**data["streams"][stream], "topic": topic}}
+    stream_conf = {
+        **data["streams"][stream],
+        "topic": topic,
+        "max_offsets_per_trigger": max_offsets_per_trigger,
+    }
+    data["streams"] = {stream: stream_conf}
     path = tmp_path / "streams.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -74,7 +79,9 @@ def _crash_loop(spark, kafka, topic, lake, tmp_path, *, events: int, kills: int,
 
     stream = "transactions"
     spec = spec_on_topic(stream, topic)
-    registry = _registry_on_topic(tmp_path, stream, topic)
+    # Bounded batches, at least kills + 2 of them: every kill (each after a committed batch)
+    # lands while records still wait, never on an idle driver; larger batches cost less.
+    registry = _registry_on_topic(tmp_path, stream, topic, events // (kills + 2))
     name = f"crash-{topic}"
     thread, summary = produce_in_background(spec, events, kafka, seed)
     rng = random.Random(seed)
