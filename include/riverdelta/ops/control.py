@@ -310,17 +310,10 @@ def _restart_reason(
         )
     if actual != "RUNNING":
         return "driver dead"
-    from riverdelta.ops.health import compute_health, driver_up_seconds, is_stuck
-    from riverdelta.ops.status import progress_file
-    from riverdelta.storage.lake import live_checkpoint
+    from riverdelta.ops.health import driver_up_seconds, is_stuck
+    from riverdelta.ops.status import live_health
 
-    health = compute_health(
-        live_checkpoint(spec.name),
-        settings().kafka_bootstrap,
-        spec.source,
-        now=now,
-        progress_file=progress_file(spec.name),
-    )
+    health = live_health(spec, now)
     started_at = (state.deployment or {}).get("started_at")
     up = driver_up_seconds(started_at, health.query_started_at, now)
     if is_stuck(health, spec.health["max_batch_age_seconds"], up):

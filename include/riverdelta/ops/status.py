@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from riverdelta.config.registry import load_registry
 from riverdelta.config.settings import settings
 from riverdelta.ops import state as ops
 
+if TYPE_CHECKING:
+    from riverdelta.config.registry import StreamSpec
+    from riverdelta.ops.health import Health
+
 
 def stream_status(stream: str, now: float | None = None) -> dict[str, Any]:
     from riverdelta.launch.launchers import Deployment
     from riverdelta.ops import control
-    from riverdelta.ops.health import compute_health
-    from riverdelta.storage.lake import live_checkpoint
 
     spec = load_registry().get(stream)
     state = ops.load_state(spec.name)
     now = time.time() if now is None else now
     actual = control.actual_state(state)
-    health = compute_health(
-        live_checkpoint(spec.name),
-        settings().kafka_bootstrap,
-        spec.source,
-        now=now,
-        progress_file=progress_file(spec.name),
-    )
+    health = live_health(spec, now)
     # A read: the Spark app id is filled in here for display only; reconcile stores it.
     dep = control.refreshed_deployment(state) or {}
     window = control.RestartPolicy.for_stream(spec).window_seconds
@@ -53,6 +49,20 @@ def stream_status(stream: str, now: float | None = None) -> dict[str, Any]:
 
 def progress_file(stream: str):
     return settings().run_dir / "progress" / f"{stream}.json"
+
+
+def live_health(spec: StreamSpec, now: float) -> Health:
+    """The live query's health: its checkpoint, its topics and its driver's progress file."""
+    from riverdelta.ops.health import compute_health
+    from riverdelta.storage.lake import live_checkpoint
+
+    return compute_health(
+        live_checkpoint(spec.name),
+        settings().kafka_bootstrap,
+        spec.source,
+        now=now,
+        progress_file=progress_file(spec.name),
+    )
 
 
 def breaches(report: dict[str, Any]) -> list[str]:
