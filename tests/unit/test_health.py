@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from riverdelta.ops.health import (
+    STARTUP_ALLOWANCE_SECONDS,
     CheckpointState,
     Health,
     check_thresholds,
@@ -399,3 +400,26 @@ def test_driver_up_counts_from_its_query_start():
     assert driver_up_seconds(started, started - 5, NOW) == 200 - STARTUP_ALLOWANCE_SECONDS
     assert driver_up_seconds(NOW - 60, None, NOW) == 0
     assert driver_up_seconds(None, NOW - 30, NOW) is None
+
+
+def test_status_and_reconcile_share_the_start_grace():
+    import time
+
+    from riverdelta.ops import status
+
+    old_commit = health_with(60_000, 3600.0, 3600.0)
+    t = {"max_lag_seconds": 120, "max_batch_age_seconds": 45}
+
+    def report(up: float) -> dict:
+        started = time.time() - up
+        return {
+            "desired": "RUNNING",
+            "thresholds": t,
+            "started_at": started,
+            **old_commit.to_dict(),
+        }
+
+    # A process start is charged its JVM allowance: up = now - start - allowance.
+    assert status.breaches(report(STARTUP_ALLOWANCE_SECONDS + 30)) == []
+    assert not is_stuck(old_commit, 45, driver_up_seconds=30.0)
+    assert len(status.breaches(report(STARTUP_ALLOWANCE_SECONDS + 600))) == 2

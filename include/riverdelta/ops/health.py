@@ -362,7 +362,7 @@ def read_progress(path: Path | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _rate(value: Any) -> float | None:
+def _finite(value: Any) -> float | None:
     if isinstance(value, int | float) and math.isfinite(value):
         return float(value)
     return None
@@ -412,10 +412,10 @@ def assemble_health(
         latest_planned_batch_id=state.latest_planned_batch if state else None,
         committed_offsets=committed,
         topic_end_offsets={p: hi for p, (_, hi) in (watermarks_by_partition or {}).items()},
-        input_rows_per_second=_rate(progress.get("input_rows_per_second")),
-        processed_rows_per_second=_rate(progress.get("processed_rows_per_second")),
+        input_rows_per_second=_finite(progress.get("input_rows_per_second")),
+        processed_rows_per_second=_finite(progress.get("processed_rows_per_second")),
         last_exception=progress.get("last_exception"),
-        query_started_at=_rate(progress.get("query_started_at")),
+        query_started_at=_finite(progress.get("query_started_at")),
         kafka_error=kafka_error,
     )
 
@@ -492,11 +492,16 @@ def is_stuck(
     """
     if not health.lag_records:
         return False
-    if driver_up_seconds is not None and driver_up_seconds <= max_batch_age_seconds:
+    if starting(driver_up_seconds, max_batch_age_seconds):
         return False
     age = health.last_batch_age_seconds
     # Never committed with records waiting: stuck once it has had the same time to start.
     return age is None or age > max_batch_age_seconds
+
+
+def starting(driver_up_seconds: float | None, max_batch_age_seconds: float) -> bool:
+    """The driver has not yet had the allowed batch age to commit: judge it later."""
+    return driver_up_seconds is not None and driver_up_seconds <= max_batch_age_seconds
 
 
 # A JVM, its jars and the Kafka start position take 15-60 s here before the query runs.

@@ -66,14 +66,14 @@ def live_health(spec: StreamSpec, now: float) -> Health:
 
 
 def breaches(report: dict[str, Any]) -> list[str]:
-    from riverdelta.ops.health import Health, check_thresholds, driver_up_seconds
+    from riverdelta.ops.health import Health, check_thresholds, driver_up_seconds, starting
 
     if report["desired"] != ops.RUNNING:
         return []
     t = report["thresholds"]
     health = Health.from_dict(report)
     up = driver_up_seconds(report.get("started_at"), health.query_started_at, time.time())
-    if up is not None and up < t["max_batch_age_seconds"]:
+    if starting(up, t["max_batch_age_seconds"]):
         # A driver that has just (re)started has had no chance to commit a batch yet.
         return []
     return check_thresholds(health, t["max_lag_seconds"], t["max_batch_age_seconds"])
