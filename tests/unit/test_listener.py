@@ -193,3 +193,26 @@ def test_an_idle_trigger_is_a_point_with_nothing_waiting():
     assert idle_point(5.0) == {
         "t": 5.0, "batch_id": None, "duration_ms": None, "rows": 0, "lag_records": 0
     }  # fmt: skip
+
+
+def test_the_listener_writes_start_progress_idle_and_end(tmp_path):
+    """The callbacks Spark calls, with events shaped like Spark's (no JVM needed)."""
+    from types import SimpleNamespace
+
+    path = tmp_path / "progress.json"
+    probe = listener.make_progress_listener(path)
+    ids = {"id": "q-1", "runId": "r-1"}
+    probe.onQueryStarted(SimpleNamespace(**ids))
+    started = listener.read_record(path)
+    assert started["query_id"] == "q-1" and started["query_started_at"] is not None
+
+    progress = {"batchId": 3, "inputRowsPerSecond": 10.0, "processedRowsPerSecond": 20.0}
+    probe.onQueryProgress(SimpleNamespace(progress=SimpleNamespace(json=json.dumps(progress))))
+    probe.onQueryIdle(SimpleNamespace())
+    assert len(listener.read_series(listener.series_file(path))) == 2
+
+    probe.onQueryProgress(SimpleNamespace(progress=SimpleNamespace(json="not json")))  # logged
+    probe.onQueryTerminated(SimpleNamespace(**ids, exception="ValueError: boom"))
+    ended = listener.read_record(path)
+    assert ended["last_exception"] == "ValueError: boom" and ended["terminated_at"] is not None
+    assert ended["query_started_at"] == started["query_started_at"]

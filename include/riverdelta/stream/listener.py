@@ -15,6 +15,7 @@ import math
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -212,53 +213,38 @@ def make_progress_listener(path: Path) -> Any:
             write_atomic(self.path, record)
             self.last = record
 
-        def onQueryStarted(self, event: Any) -> None:
-            try:
-                with self.lock:
-                    self._write(
-                        started_record(
-                            self.last,
-                            query_id=str(event.id),
-                            run_id=str(event.runId),
-                            now=time.time(),
-                        )
-                    )
-            except Exception:
-                log.exception("could not write the progress file %s", self.path)
-
-        def onQueryProgress(self, event: Any) -> None:
+        def _locked(self, update: Callable[[], None]) -> None:
             # A failing listener must never take the stream down with it.
             try:
-                progress = json.loads(event.progress.json)
                 with self.lock:
-                    self._write(progress_record(progress, self.last))
-                    append_series(series_file(self.path), series_point(progress, time.time()))
+                    update()
             except Exception:
-                log.exception("could not write the progress file %s", self.path)
+                log.exception("could not update the progress files of %s", self.path)
+
+        def onQueryStarted(self, event: Any) -> None:
+            ids = {"query_id": str(event.id), "run_id": str(event.runId)}
+            self._locked(lambda: self._write(started_record(self.last, **ids, now=time.time())))
+
+        def onQueryProgress(self, event: Any) -> None:
+            def update() -> None:
+                progress = json.loads(event.progress.json)
+                self._write(progress_record(progress, self.last))
+                append_series(series_file(self.path), series_point(progress, time.time()))
+
+            self._locked(update)
 
         def onQueryIdle(self, event: Any) -> None:
             # Spark 4 reports an idle trigger here, not as progress (every
             # spark.sql.streaming.noDataProgressEventInterval): the lag chart stays
             # drawn while the stream is caught up.
-            try:
-                with self.lock:
-                    append_series(series_file(self.path), idle_point(time.time()))
-            except Exception:
-                log.exception("could not append to the series of %s", self.path)
+            self._locked(lambda: append_series(series_file(self.path), idle_point(time.time())))
 
         def onQueryTerminated(self, event: Any) -> None:
-            try:
-                with self.lock:
-                    self._write(
-                        terminated_record(
-                            self.last,
-                            query_id=str(event.id),
-                            run_id=str(event.runId),
-                            exception=event.exception,
-                            now=time.time(),
-                        )
-                    )
-            except Exception:
-                log.exception("could not write the progress file %s", self.path)
+            ids = {"query_id": str(event.id), "run_id": str(event.runId)}
+            self._locked(
+                lambda: self._write(
+                    terminated_record(self.last, **ids, exception=event.exception, now=time.time())
+                )
+            )
 
     return ProgressListener()
