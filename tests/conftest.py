@@ -46,12 +46,6 @@ if "RIVERDELTA_TEST_HOME" not in os.environ:
 E2E_TIMEOUT = 2400
 
 
-def pytest_assertrepr_compare(op, left, right):
-    from tests.compare import explain_eq
-
-    return explain_eq(left, right) if op == "==" else None
-
-
 def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("e2e") and not item.get_closest_marker("timeout"):

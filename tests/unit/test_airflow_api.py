@@ -49,13 +49,6 @@ def airflow() -> Iterator[ThreadingHTTPServer]:
     server.server_close()
 
 
-@pytest.fixture
-def slept(monkeypatch) -> list[float]:
-    waits: list[float] = []
-    monkeypatch.setattr("time.sleep", waits.append)
-    return waits
-
-
 def client(server: ThreadingHTTPServer) -> ApiClient:
     return ApiClient(f"http://127.0.0.1:{server.server_port}", password="pw")
 

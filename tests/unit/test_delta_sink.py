@@ -9,11 +9,9 @@ pytestmark = pytest.mark.unit
 CONFLICT = "io.delta.exceptions.ConcurrentAppendException: files were added by a concurrent update"
 
 
-def test_a_conflict_is_retried_with_back_off_and_anything_else_raised(monkeypatch):
+def test_a_conflict_is_retried_with_back_off_and_anything_else_raised(slept):
     from riverdelta.stream.delta_sink import retry_conflicts
 
-    slept: list[float] = []
-    monkeypatch.setattr("time.sleep", slept.append)
     calls: list[int] = []
 
     def flaky() -> str:
